@@ -1,0 +1,97 @@
+package manager
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/store"
+)
+
+// GetOrExtendReservation makes owner_id the holder of the key's reservation
+// when there is none, when it has expired, or when owner_id holds it
+// already, and sets it to expire after heartbeat × grace multiplier.
+// Otherwise it returns the current holder's reservation unchanged.
+//
+// The decision runs in a transaction that holds the reservation's row lock,
+// so PostgreSQL serializes claimants across any number of replicas.
+func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req *cachev1.GetOrExtendReservationRequest) (*cachev1.GetOrExtendReservationResponse, error) {
+	heartbeat, err := m.resolveHeartbeat(req.HeartbeatInterval)
+	if err != nil {
+		return nil, err
+	}
+	now = dbTime(now)
+	claim := store.Reservation{
+		ID:                idOf(req.GetScope(), req.GetKey()),
+		OwnerID:           req.GetOwnerId(),
+		HeartbeatInterval: heartbeat,
+		ExpiresAt:         dbTime(now.Add(time.Duration(float64(heartbeat) * m.cfg.GraceMultiplier))),
+	}
+	var held store.Reservation
+	err = m.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
+		current, created, err := tx.LockReservation(ctx, claim)
+		if err != nil {
+			return err
+		}
+		if created || !mayClaim(current, claim.OwnerID, now) {
+			held = current
+			return nil
+		}
+		held = claim
+		return tx.UpdateReservation(ctx, claim)
+	})
+	if err != nil {
+		return nil, m.toConnectError(ctx, "get or extend reservation", err)
+	}
+	return &cachev1.GetOrExtendReservationResponse{Reservation: &cachev1.Reservation{
+		Key:               held.ID.Key,
+		OwnerId:           held.OwnerID,
+		HeartbeatInterval: durationpb.New(held.HeartbeatInterval),
+		ExpiresAt:         timestamppb.New(held.ExpiresAt),
+	}}, nil
+}
+
+// mayClaim reports whether owner may take or keep the reservation current:
+// it holds it already, or the holder's time ran out.
+func mayClaim(current store.Reservation, owner string, now time.Time) bool {
+	return current.OwnerID == owner || !current.ExpiresAt.After(now)
+}
+
+// resolveHeartbeat applies the server's maximum: unset or above it gives the
+// maximum; an explicit zero or negative interval is invalid.
+func (m *Manager) resolveHeartbeat(requested *durationpb.Duration) (time.Duration, error) {
+	if requested == nil {
+		return m.cfg.MaxHeartbeat, nil
+	}
+	d, err := positiveDuration("heartbeat_interval", requested)
+	if err != nil {
+		return 0, err
+	}
+	return min(d, m.cfg.MaxHeartbeat), nil
+}
+
+// positiveDuration converts a set duration field, rejecting malformed, zero
+// and negative values by field name.
+func positiveDuration(field string, d *durationpb.Duration) (time.Duration, error) {
+	if err := d.CheckValid(); err != nil {
+		return 0, invalidArgument(field, "is not a valid duration")
+	}
+	v := d.AsDuration()
+	if v <= 0 {
+		return 0, invalidArgument(field, "must be greater than zero")
+	}
+	return v, nil
+}
+
+// ReleaseReservation deletes the reservation if owner_id holds it. A missing
+// reservation, or another owner's, is left as it is and the call succeeds:
+// clients release unconditionally in cleanup paths.
+func (m *Manager) ReleaseReservation(ctx context.Context, req *cachev1.ReleaseReservationRequest) (*cachev1.ReleaseReservationResponse, error) {
+	if _, err := m.store.ReleaseReservation(ctx, idOf(req.GetScope(), req.GetKey()), req.GetOwnerId()); err != nil {
+		return nil, m.toConnectError(ctx, "release reservation", err)
+	}
+	return &cachev1.ReleaseReservationResponse{}, nil
+}

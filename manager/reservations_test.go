@@ -1,0 +1,241 @@
+package manager_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/store"
+)
+
+// claim asks for key's reservation as owner at now, with heartbeat (nil for
+// unset).
+func (b *testBundle) claim(t *testing.T, now time.Time, key, owner string, heartbeat *durationpb.Duration) *cachev1.Reservation {
+	t.Helper()
+	res, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{
+		Scope: scope(), Key: key, OwnerId: owner, HeartbeatInterval: heartbeat,
+	})
+	if err != nil {
+		t.Fatalf("claim %q by %q: %v", key, owner, err)
+	}
+	return res.GetReservation()
+}
+
+func (b *testBundle) release(t *testing.T, key, owner string) {
+	t.Helper()
+	if _, err := b.manager.ReleaseReservation(b.ctx, &cachev1.ReleaseReservationRequest{Scope: scope(), Key: key, OwnerId: owner}); err != nil {
+		t.Fatalf("release %q by %q: %v", key, owner, err)
+	}
+}
+
+func TestFirstClaimOwnsWithGraceExpiry(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.claim(t, t0, "k", "w1", durationpb.New(2*time.Second))
+	if r.GetOwnerId() != "w1" || r.GetKey() != "k" {
+		t.Fatalf("reservation = %v, want owner w1 of k", r)
+	}
+	if got := r.GetHeartbeatInterval().AsDuration(); got != 2*time.Second {
+		t.Errorf("heartbeat = %v, want 2s", got)
+	}
+	if got, want := r.GetExpiresAt().AsTime(), t0.Add(6*time.Second); !got.Equal(want) {
+		t.Errorf("expires_at = %v, want now + 2s × 3 = %v", got, want)
+	}
+}
+
+func TestClaimHeldByAnotherReturnsItUnchanged(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
+	second := b.claim(t, t0.Add(2*time.Second), "k", "w2", durationpb.New(5*time.Second))
+	if second.GetOwnerId() != "w1" {
+		t.Fatalf("owner = %q, want w1", second.GetOwnerId())
+	}
+	if !second.GetExpiresAt().AsTime().Equal(first.GetExpiresAt().AsTime()) || second.GetHeartbeatInterval().AsDuration() != time.Second {
+		t.Fatalf("holder's reservation changed: %v, was %v", second, first)
+	}
+}
+
+func TestSameOwnerExtends(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
+	later := t0.Add(2500 * time.Millisecond) // within the 3s grace
+	r := b.claim(t, later, "k", "w1", durationpb.New(time.Second))
+	if r.GetOwnerId() != "w1" || !r.GetExpiresAt().AsTime().Equal(later.Add(3*time.Second)) {
+		t.Fatalf("extended reservation = %v, want w1 until %v", r, later.Add(3*time.Second))
+	}
+}
+
+func TestExpiredReservationIsTakenOver(t *testing.T) {
+	t.Parallel()
+	cases := map[string]time.Duration{
+		"exactly at expires_at": 3 * time.Second,
+		"after expires_at":      time.Minute,
+	}
+	for name, elapsed := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
+			now := t0.Add(elapsed)
+			r := b.claim(t, now, "k", "w2", durationpb.New(time.Second))
+			if r.GetOwnerId() != "w2" || !r.GetExpiresAt().AsTime().Equal(now.Add(3*time.Second)) {
+				t.Fatalf("reservation = %v, want w2 until %v", r, now.Add(3*time.Second))
+			}
+			// The old owner, coming back, learns it no longer owns it.
+			if r := b.claim(t, now.Add(time.Millisecond), "k", "w1", durationpb.New(time.Second)); r.GetOwnerId() != "w2" {
+				t.Fatalf("old owner got %v back", r)
+			}
+		})
+	}
+	t.Run("just before expires_at", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
+		if r := b.claim(t, t0.Add(3*time.Second-time.Microsecond), "k", "w2", nil); r.GetOwnerId() != "w1" {
+			t.Fatalf("reservation taken over before it expired: %v", r)
+		}
+	})
+}
+
+func TestHeartbeatResolution(t *testing.T) {
+	t.Parallel()
+	cfg := manager.Config{MaxHeartbeat: 10 * time.Second, GraceMultiplier: 2}
+	b := setupWith(t, cfg)
+	cases := []struct {
+		name      string
+		requested *durationpb.Duration
+		want      time.Duration
+	}{
+		{"unset gives the maximum", nil, 10 * time.Second},
+		{"above the maximum gives the maximum", durationpb.New(time.Hour), 10 * time.Second},
+		{"the maximum is kept", durationpb.New(10 * time.Second), 10 * time.Second},
+		{"below the maximum is kept to the millisecond", durationpb.New(500 * time.Millisecond), 500 * time.Millisecond},
+		{"sub-millisecond precision is kept", durationpb.New(1500 * time.Microsecond), 1500 * time.Microsecond},
+	}
+	for i, tc := range cases {
+		key := fmt.Sprintf("k%d", i)
+		r := b.claim(t, t0, key, "w", tc.requested)
+		if got := r.GetHeartbeatInterval().AsDuration(); got != tc.want {
+			t.Errorf("%s: heartbeat = %v, want %v", tc.name, got, tc.want)
+		}
+		if got, want := r.GetExpiresAt().AsTime(), t0.Add(2*tc.want); !got.Equal(want) {
+			t.Errorf("%s: expires_at = %v, want %v", tc.name, got, want)
+		}
+	}
+}
+
+func TestNonPositiveHeartbeatIsInvalid(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, d := range []time.Duration{0, -time.Second} {
+		_, err := b.manager.GetOrExtendReservation(b.ctx, t0, &cachev1.GetOrExtendReservationRequest{
+			Scope: scope(), Key: "k", OwnerId: "w", HeartbeatInterval: durationpb.New(d),
+		})
+		wantCode(t, err, connect.CodeInvalidArgument)
+		if !strings.Contains(err.Error(), "heartbeat_interval") {
+			t.Errorf("message %q does not name heartbeat_interval", err)
+		}
+	}
+	// Nothing was reserved: another owner gets it.
+	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w2" {
+		t.Fatalf("an invalid claim left a reservation: %v", r)
+	}
+}
+
+func TestReleaseReservation(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.claim(t, t0, "k", "w1", nil)
+
+	b.release(t, "k", "w2") // another owner's release succeeds and changes nothing
+	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w1" {
+		t.Fatalf("a non-owner's release freed the reservation: %v", r)
+	}
+	b.release(t, "k", "w1")
+	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w2" {
+		t.Fatalf("after the owner's release, w2 got %v", r)
+	}
+	b.release(t, "missing", "w1") // releasing nothing succeeds
+}
+
+// TestConcurrentClaimsExactlyOneOwner runs 64 claimants with different
+// owner ids behind one barrier, on a new key and on an expired one, many
+// times over: exactly one becomes the owner and every response names it.
+func TestConcurrentClaimsExactlyOneOwner(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const claimants, trials = 64, 15
+	for trial := range trials {
+		key := fmt.Sprintf("k%d", trial)
+		now := t0
+		if trial%2 == 1 {
+			// An expired holder: everyone races to take over.
+			b.claim(t, t0, key, "dead-worker", durationpb.New(time.Second))
+			now = t0.Add(time.Minute)
+		}
+		start := make(chan struct{})
+		owners := make([]string, claimants)
+		errs := make([]error, claimants)
+		var wg sync.WaitGroup
+		for c := range claimants {
+			wg.Go(func() {
+				<-start
+				res, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{
+					Scope: scope(), Key: key, OwnerId: fmt.Sprintf("w%d", c),
+				})
+				owners[c], errs[c] = res.GetReservation().GetOwnerId(), err
+			})
+		}
+		close(start)
+		wg.Wait()
+		winners := 0
+		for c := range claimants {
+			if errs[c] != nil {
+				t.Fatalf("trial %d claimant %d: %v", trial, c, errs[c])
+			}
+			if owners[c] != owners[0] {
+				t.Fatalf("trial %d: claimants saw owners %q and %q", trial, owners[0], owners[c])
+			}
+			if owners[c] == fmt.Sprintf("w%d", c) {
+				winners++
+			}
+		}
+		if winners != 1 {
+			t.Fatalf("trial %d: %d claimants own the reservation, want 1", trial, winners)
+		}
+	}
+}
+
+func TestDatabaseDownIsUnavailableWithoutDetail(t *testing.T) {
+	t.Parallel()
+	st, err := store.Open(t.Context(), store.Config{URL: "postgres://cache:hunter2@127.0.0.1:1/cache?connect_timeout=2", Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := manager.New(st, manager.DefaultConfig(), nil)
+	ctx := t.Context()
+	calls := map[string]error{}
+	_, calls["get"] = m.Get(ctx, &cachev1.GetRequest{Scope: scope(), Key: "k"})
+	_, calls["put"] = m.Put(ctx, t0, &cachev1.PutRequest{Scope: scope(), Key: "k", Output: uriOutput("u")})
+	_, calls["delete"] = m.Delete(ctx, &cachev1.DeleteRequest{Scope: scope(), Key: "k"})
+	_, calls["claim"] = m.GetOrExtendReservation(ctx, t0, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w"})
+	_, calls["release"] = m.ReleaseReservation(ctx, &cachev1.ReleaseReservationRequest{Scope: scope(), Key: "k", OwnerId: "w"})
+	for name, err := range calls {
+		wantCode(t, err, connect.CodeUnavailable)
+		for _, secret := range []string{"hunter2", "127.0.0.1", "dial", "SQL", "pgx"} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s: message %q leaks %q", name, err, secret)
+			}
+		}
+	}
+}

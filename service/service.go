@@ -1,0 +1,61 @@
+// Package service is the Connect edge of the cache: it turns RPCs into
+// manager calls and back. It is deliberately thin: no SQL, no policy.
+// Requests are validated against the proto's protovalidate rules before a
+// handler runs.
+package service
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/validate"
+
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/manager"
+)
+
+// NewHandler returns the path and handler of CacheService over m. The
+// protovalidate interceptor runs first; opts add to it.
+func NewHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler) {
+	opts = append([]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())}, opts...)
+	return cachev1connect.NewCacheServiceHandler(&cacheService{manager: m, now: time.Now}, opts...)
+}
+
+// cacheService implements the generated handler interface.
+type cacheService struct {
+	manager *manager.Manager
+	now     func() time.Time
+}
+
+var _ cachev1connect.CacheServiceHandler = (*cacheService)(nil)
+
+func (s *cacheService) Get(ctx context.Context, req *connect.Request[cachev1.GetRequest]) (*connect.Response[cachev1.GetResponse], error) {
+	return respond(s.manager.Get(ctx, req.Msg))
+}
+
+func (s *cacheService) Put(ctx context.Context, req *connect.Request[cachev1.PutRequest]) (*connect.Response[cachev1.PutResponse], error) {
+	return respond(s.manager.Put(ctx, s.now(), req.Msg))
+}
+
+func (s *cacheService) Delete(ctx context.Context, req *connect.Request[cachev1.DeleteRequest]) (*connect.Response[cachev1.DeleteResponse], error) {
+	return respond(s.manager.Delete(ctx, req.Msg))
+}
+
+func (s *cacheService) GetOrExtendReservation(ctx context.Context, req *connect.Request[cachev1.GetOrExtendReservationRequest]) (*connect.Response[cachev1.GetOrExtendReservationResponse], error) {
+	return respond(s.manager.GetOrExtendReservation(ctx, s.now(), req.Msg))
+}
+
+func (s *cacheService) ReleaseReservation(ctx context.Context, req *connect.Request[cachev1.ReleaseReservationRequest]) (*connect.Response[cachev1.ReleaseReservationResponse], error) {
+	return respond(s.manager.ReleaseReservation(ctx, req.Msg))
+}
+
+// respond wraps a manager result in a Connect response.
+func respond[T any](msg *T, err error) (*connect.Response[T], error) {
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(msg), nil
+}

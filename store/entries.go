@@ -1,0 +1,124 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// ID is the identity of an entry or a reservation. Its parts stay separate
+// columns all the way down, so no two scopes can collide.
+type ID struct {
+	Org, Project, Domain, Key string
+}
+
+// Entry is a stored output. Exactly one of URI and Inline is meaningful:
+// URI when it is not empty, Inline (possibly empty) otherwise.
+type Entry struct {
+	ID            ID
+	URI           string
+	Inline        []byte
+	SourceName    string
+	SourceVersion string
+	Labels        map[string]string
+	CreatedAt     time.Time
+	LastUpdatedAt time.Time
+}
+
+// Replace says when PutEntry may replace an existing entry.
+type Replace struct {
+	// Always replaces whatever is there.
+	Always bool
+	// UpdatedBefore, when not zero, replaces an entry whose LastUpdatedAt is
+	// before it.
+	UpdatedBefore time.Time
+}
+
+// GetEntry returns the entry with the given ID, or ErrNotFound.
+func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	e := Entry{ID: id}
+	var uri *string
+	err := s.pool.QueryRow(ctx, `
+		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at
+		FROM cache_entries
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
+		id.Org, id.Project, id.Domain, id.Key,
+	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt)
+	if err != nil {
+		return Entry{}, classify("get entry", err)
+	}
+	e.CreatedAt, e.LastUpdatedAt = e.CreatedAt.UTC(), e.LastUpdatedAt.UTC()
+	if uri != nil {
+		e.URI = *uri
+	} else if e.Inline == nil {
+		e.Inline = []byte{}
+	}
+	return e, nil
+}
+
+// PutEntry inserts e, or replaces an existing entry as replace allows, in one
+// statement: of concurrent writers to a new key exactly one inserts, and the
+// others see the conflict. A replaced entry keeps its CreatedAt; e.CreatedAt
+// is used only for a new one. It returns ErrConflict when an entry exists
+// that may not be replaced.
+func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	var uri *string
+	var inline []byte
+	if e.URI != "" {
+		uri = &e.URI
+	} else {
+		inline = e.Inline
+		if inline == nil {
+			inline = []byte{} // an empty inline output is still an output, not NULL
+		}
+	}
+	labels := e.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	var updatedBefore *time.Time
+	if !replace.UpdatedBefore.IsZero() {
+		updatedBefore = &replace.UpdatedBefore
+	}
+	tag, err := s.pool.Exec(ctx, `
+		INSERT INTO cache_entries AS e
+			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (org, project, domain, key) DO UPDATE SET
+			output_uri      = EXCLUDED.output_uri,
+			output_inline   = EXCLUDED.output_inline,
+			source_name     = EXCLUDED.source_name,
+			source_version  = EXCLUDED.source_version,
+			labels          = EXCLUDED.labels,
+			last_updated_at = EXCLUDED.last_updated_at
+		WHERE $12 OR e.last_updated_at < $13`,
+		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
+		e.CreatedAt, e.LastUpdatedAt, replace.Always, updatedBefore,
+	)
+	if err != nil {
+		return classify("put entry", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrConflict
+	}
+	return nil
+}
+
+// DeleteEntry removes the entry with the given ID, or returns ErrNotFound.
+func (s *Store) DeleteEntry(ctx context.Context, id ID) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(ctx,
+		`DELETE FROM cache_entries WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
+		id.Org, id.Project, id.Domain, id.Key)
+	if err != nil {
+		return classify("delete entry", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

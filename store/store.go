@@ -1,0 +1,140 @@
+// Package store persists cache entries and reservations in PostgreSQL with
+// pgx. It owns the SQL, the schema and its migrations, transactions and row
+// locks. It holds no policy: what may be replaced, who may claim a
+// reservation and which error code a caller sees are the manager's.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
+)
+
+// Sentinel errors returned at the store boundary; test with errors.Is.
+var (
+	// ErrNotFound means no row matched.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a row exists that the write was not allowed to replace.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable wraps failures to reach the database: connection refused
+	// or lost, timeouts, shutdown. Callers may retry.
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// Config says how to reach the database.
+type Config struct {
+	// URL is a PostgreSQL connection string (URL or keyword/value form).
+	URL string
+	// MaxConns bounds the pool; zero keeps pgx's default.
+	MaxConns int32
+	// Timeout bounds every database call; zero means 5s.
+	Timeout time.Duration
+}
+
+// Store is a pool of connections to one database.
+type Store struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+}
+
+// Open creates the connection pool. It does not contact the database; call
+// Ping or Migrate to do so.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	poolCfg, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		// ParseConfigError redacts passwords, but say no more than needed.
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if cfg.MaxConns > 0 {
+		poolCfg.MaxConns = cfg.MaxConns
+	}
+	// Connections stay open across bursts instead of being re-dialled per
+	// request; pgx's default idle time (30m) and health checks keep them.
+	poolCfg.MinConns = min(poolCfg.MaxConns, 2)
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("create connection pool: %w", err)
+	}
+	return &Store{pool: pool, timeout: timeout}, nil
+}
+
+// Close closes every connection of the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Pool exposes the pool for statistics.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	return classify("ping", s.pool.Ping(ctx))
+}
+
+// deadline bounds one database call so that a frozen database cannot hang a
+// request, whatever deadline (if any) the caller brought.
+func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// classify turns a pgx error into one of the package's sentinels, wrapped
+// with what was being done. Errors that are neither stay as they are (bugs).
+func classify(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict), errors.Is(err, ErrUnavailable):
+		return err // classified already, deeper down
+	case errors.Is(err, pgx.ErrNoRows):
+		return ErrNotFound
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: %w", op, err)
+	case isUnavailable(err):
+		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	default:
+		return fmt.Errorf("%s: %w", op, err)
+	}
+}
+
+// isUnavailable reports whether err means the database could not be reached
+// or could not serve in time, as opposed to a fault in the request or code.
+func isUnavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgerrcode.IsConnectionException(pgErr.Code),
+			pgerrcode.IsInsufficientResources(pgErr.Code),
+			pgerrcode.IsOperatorIntervention(pgErr.Code), // shutdown, statement cancelled
+			pgErr.Code == pgerrcode.LockNotAvailable,
+			pgErr.Code == pgerrcode.SerializationFailure,
+			pgErr.Code == pgerrcode.DeadlockDetected,
+			pgErr.Code == pgerrcode.ReadOnlySQLTransaction: // failover to a standby
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) ||
+		pgconn.Timeout(err) ||
+		pgconn.SafeToRetry(err) ||
+		errors.As(err, &connectErr) ||
+		errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, pgconn.ErrConnClosed) ||
+		errors.Is(err, puddle.ErrClosedPool)
+}
