@@ -7,6 +7,7 @@ package service
 import (
 	"context"
 	"net/http"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,9 +19,11 @@ import (
 )
 
 // NewHandler returns the path and handler of CacheService over m. The
-// protovalidate interceptor runs first; opts add to it.
+// interceptors given in opts run first, outermost first, and the
+// protovalidate interceptor last, just before the handler: so metrics,
+// tracing and logging interceptors see requests that validation rejects.
 func NewHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler) {
-	opts = append([]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())}, opts...)
+	opts = append(slices.Clip(opts), connect.WithInterceptors(validate.NewInterceptor()))
 	return cachev1connect.NewCacheServiceHandler(&cacheService{manager: m, now: time.Now}, opts...)
 }
 
