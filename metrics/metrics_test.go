@@ -12,7 +12,6 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
-	"github.com/cacheservice/cacheservice/internal/embeddedpg"
 	"github.com/cacheservice/cacheservice/internal/metricstest"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
@@ -229,18 +228,9 @@ func TestPoolMetricsReadThePool(t *testing.T) {
 // stops and restarts it.
 func TestEmbeddedPostgresMetricsFollowTheServer(t *testing.T) {
 	t.Parallel()
-	dir, err := os.MkdirTemp("", "metrics-embedded-") // reachable by the postgres user, unlike t.TempDir
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	pg := pgtest.StartServer(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	pg, err := embeddedpg.Start(ctx, embeddedpg.Config{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pg.Stop(context.Background()) })
 
 	met := metrics.New()
 	met.WatchEmbeddedPostgres(pg)
