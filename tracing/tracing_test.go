@@ -1,24 +1,20 @@
 package tracing_test
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/hex"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/otlptest"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
@@ -28,65 +24,6 @@ import (
 
 func TestMain(m *testing.M) {
 	os.Exit(pgtest.Main(m, store.Migrate))
-}
-
-// receiver is an OTLP/HTTP trace receiver on loopback that keeps the spans
-// it is sent.
-type receiver struct {
-	url   string
-	mu    sync.Mutex
-	spans []*tracepb.Span
-	paths []string
-}
-
-func newReceiver(t *testing.T) *receiver {
-	t.Helper()
-	r := &receiver{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var body io.Reader = req.Body
-		if req.Header.Get("Content-Encoding") == "gzip" {
-			gz, err := gzip.NewReader(req.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			body = gz
-		}
-		data, err := io.ReadAll(body)
-		var export coltracepb.ExportTraceServiceRequest
-		if err == nil {
-			err = proto.Unmarshal(data, &export)
-		}
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		r.mu.Lock()
-		r.paths = append(r.paths, req.URL.Path)
-		for _, rs := range export.GetResourceSpans() {
-			for _, ss := range rs.GetScopeSpans() {
-				r.spans = append(r.spans, ss.GetSpans()...)
-			}
-		}
-		r.mu.Unlock()
-		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		_, _ = w.Write(out)
-	}))
-	t.Cleanup(srv.Close)
-	r.url = srv.URL
-	return r
-}
-
-func (r *receiver) span(name string) (*tracepb.Span, []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.spans {
-		if s.GetName() == name {
-			return s, r.paths
-		}
-	}
-	return nil, r.paths
 }
 
 // clearEnv unsets the OTEL_ variables for the test, so the machine's own
@@ -126,15 +63,15 @@ func callTraced(t *testing.T, tr *tracing.Tracing, traceparent string) {
 
 func TestSpanReachesReceiverGivenByFlag(t *testing.T) {
 	clearEnv(t)
-	recv := newReceiver(t)
-	tr, err := tracing.New(t.Context(), tracing.Config{Endpoint: recv.url})
+	recv := otlptest.NewReceiver(t)
+	tr, err := tracing.New(t.Context(), tracing.Config{Endpoint: recv.URL})
 	if err != nil || tr == nil {
 		t.Fatalf("New = %v, %v; want tracing on", tr, err)
 	}
 	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	callTraced(t, tr, "00-"+traceID+"-"+parentID+"-01")
 
-	span, paths := recv.span("cacheservice.v1.CacheService/Get")
+	span, paths := recv.Span("cacheservice.v1.CacheService/Get"), recv.Paths()
 	if span == nil {
 		t.Fatalf("no Get span received (requests to %v)", paths)
 	}
@@ -154,15 +91,15 @@ func TestSpanReachesReceiverGivenByFlag(t *testing.T) {
 
 func TestEnvironmentEndpointTurnsTracingOn(t *testing.T) {
 	clearEnv(t)
-	recv := newReceiver(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.url)
+	recv := otlptest.NewReceiver(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.URL)
 	tr, err := tracing.New(t.Context(), tracing.Config{})
 	if err != nil || tr == nil {
 		t.Fatalf("New = %v, %v; want tracing on", tr, err)
 	}
 	callTraced(t, tr, "")
-	if span, paths := recv.span("cacheservice.v1.CacheService/Get"); span == nil {
-		t.Fatalf("no Get span received (requests to %v)", paths)
+	if recv.Span("cacheservice.v1.CacheService/Get") == nil {
+		t.Fatalf("no Get span received (requests to %v)", recv.Paths())
 	}
 }
 
