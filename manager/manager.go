@@ -41,13 +41,14 @@ func DefaultConfig() Config {
 
 // Manager applies the cache's rules on top of a store.
 type Manager struct {
-	store  *store.Store
-	cfg    Config
-	logger *slog.Logger
+	store    *store.Store
+	cfg      Config
+	logger   *slog.Logger
+	observer Observer
 }
 
 // New returns a Manager over st. Zero fields of cfg take their defaults.
-func New(st *store.Store, cfg Config, logger *slog.Logger) *Manager {
+func New(st *store.Store, cfg Config, logger *slog.Logger, opts ...Option) *Manager {
 	def := DefaultConfig()
 	if cfg.MaxHeartbeat <= 0 {
 		cfg.MaxHeartbeat = def.MaxHeartbeat
@@ -61,7 +62,11 @@ func New(st *store.Store, cfg Config, logger *slog.Logger) *Manager {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{store: st, cfg: cfg, logger: logger}
+	m := &Manager{store: st, cfg: cfg, logger: logger, observer: nopObserver{}}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
 }
 
 // idOf builds the store identity; the scope's parts stay separate.
