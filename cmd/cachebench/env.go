@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,8 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -43,6 +39,7 @@ type env struct {
 	baseURL     string
 	databaseURL string // empty when the ceiling cannot run
 	serverPID   int    // the server's process, when it is a separate one
+	dbPID       int    // the embedded database's postmaster, when started here
 	serverKind  string // how the server runs, for the report
 	closers     []func()
 }
@@ -119,6 +116,7 @@ func (e *env) startDatabase(ctx context.Context, cfg envConfig) error {
 		}
 	})
 	e.databaseURL = pg.ConnString(embeddedpg.DefaultDatabase)
+	e.dbPID = pg.Pid()
 	return nil
 }
 
@@ -211,68 +209,4 @@ func waitReady(ctx context.Context, baseURL string) error {
 		}
 	}
 	return fmt.Errorf("server at %s not ready after 60s: %w", baseURL, last)
-}
-
-// rssSampler follows a process's resident memory while a run goes.
-type rssSampler struct {
-	pid  int
-	mu   sync.Mutex
-	peak int64 // bytes, since the last reset
-	stop chan struct{}
-	done chan struct{}
-}
-
-// sampleRSS reads pid's VmRSS every 50ms until stopped. A zero pid samples
-// nothing.
-func sampleRSS(pid int) *rssSampler {
-	s := &rssSampler{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		if pid == 0 {
-			return
-		}
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if rss, err := readRSS(pid); err == nil {
-				s.mu.Lock()
-				s.peak = max(s.peak, rss)
-				s.mu.Unlock()
-			}
-			select {
-			case <-s.stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return s
-}
-
-// takePeak returns the peak since the last call, in MiB, and starts over.
-func (s *rssSampler) takePeak() float64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	peak := s.peak
-	s.peak = 0
-	return float64(peak) / (1 << 20)
-}
-
-func (s *rssSampler) close() { close(s.stop); <-s.done }
-
-// readRSS returns the VmRSS of pid in bytes.
-func readRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc status")
 }

@@ -229,10 +229,19 @@ func runOne(ctx context.Context, b *bench.Bench, e *env, ceiling *store.Store, c
 		defer closeIdle()
 		d = rpc
 	}
+	if err := b.Prepare(ctx, d, cfg); err != nil {
+		return bench.Result{}, err
+	}
 	rss.takePeak()
+	before := takeCPU(e)
 	r, err := b.Run(ctx, d, cfg)
+	after := takeCPU(e)
+	ops := r.AllOps
+	r.ClientCPU = perOp(before.client, after.client, ops)
+	r.DBCPU = perOp(before.db, after.db, ops)
 	if cfg.Protocol != bench.Ceiling {
 		r.ServerRSSMiB = rss.takePeak()
+		r.ServerCPU = perOp(before.server, after.server, ops)
 	}
 	return r, err
 }

@@ -56,11 +56,20 @@ type Result struct {
 	P99         float64          `json:"p99_ms"`
 	Max         float64          `json:"max_ms"`
 	Errors      map[string]int64 `json:"errors,omitempty"`
+	// AllOps counts the warmup's operations too, to share out CPU time
+	// measured around the whole run.
+	AllOps int64 `json:"all_ops"`
 	// Owners is how many different holders claim-contended saw; one is right.
 	Owners int `json:"owners,omitempty"`
 	// ServerRSSMiB is the server's peak resident memory during the run,
 	// when the caller could see the server process.
 	ServerRSSMiB float64 `json:"server_rss_mib,omitempty"`
+	// CPU time per operation, in microseconds, of each process involved, when
+	// the caller could see it: CPU is what a shared machine runs out of, and
+	// it is far less noisy than throughput.
+	ClientCPU float64 `json:"client_cpu_us_per_op,omitempty"`
+	ServerCPU float64 `json:"server_cpu_us_per_op,omitempty"`
+	DBCPU     float64 `json:"db_cpu_us_per_op,omitempty"`
 }
 
 // ErrorCount is the total of Errors.
@@ -88,37 +97,55 @@ func New() *Bench {
 	return &Bench{runID: strconv.FormatInt(time.Now().UnixNano(), 36), loaded: map[[2]int]bool{}}
 }
 
+// Prepare writes what cfg's workload reads (the keys of get-hit), once per
+// key space and payload size. Run calls it too; call it first to keep the
+// writing out of measurements taken around Run.
+func (b *Bench) Prepare(ctx context.Context, d Driver, cfg Config) error {
+	c, err := b.newCell(d, cfg)
+	if err != nil {
+		return err
+	}
+	loaded := [2]int{c.KeySpace, c.Payload}
+	if b.loaded[loaded] || !(c.Workload == GetHit || slices.Contains(c.mix, GetHit)) {
+		return nil
+	}
+	if err := preload(ctx, d, c.KeySpace, min(c.Concurrency, 16)+1, c.payload); err != nil {
+		return err
+	}
+	b.loaded[loaded] = true
+	return nil
+}
+
 // Run measures cfg.Workload on d.
 func (b *Bench) Run(ctx context.Context, d Driver, cfg Config) (Result, error) {
-	if err := cfg.normalize(); err != nil {
+	if err := b.Prepare(ctx, d, cfg); err != nil {
+		return Result{}, err
+	}
+	c, err := b.newCell(d, cfg)
+	if err != nil {
 		return Result{}, err
 	}
 	b.runs++
-	c := &cell{
-		Config:  cfg,
-		driver:  d,
-		prefix:  fmt.Sprintf("%s-%d-", b.runID, b.runs),
-		payload: make([]byte, cfg.Payload),
-		holders: map[string]bool{},
+	c.prefix = fmt.Sprintf("%s-%d-", b.runID, b.runs)
+	return c.measure(ctx)
+}
+
+func (b *Bench) newCell(d Driver, cfg Config) (*cell, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
 	}
+	c := &cell{Config: cfg, driver: d, payload: make([]byte, cfg.Payload), holders: map[string]bool{}}
 	for i := range c.payload {
 		c.payload[i] = byte('a' + i%26)
 	}
 	if cfg.Workload == Mixed {
 		mix, err := parseMix(cfg.Mix)
 		if err != nil {
-			return Result{}, err
+			return nil, err
 		}
 		c.mix = mix
 	}
-	if (cfg.Workload == GetHit || (cfg.Workload == Mixed && slices.Contains(c.mix, GetHit))) &&
-		!b.loaded[[2]int{cfg.KeySpace, cfg.Payload}] {
-		if err := preload(ctx, d, cfg.KeySpace, min(cfg.Concurrency, 16)+1, c.payload); err != nil {
-			return Result{}, err
-		}
-		b.loaded[[2]int{cfg.KeySpace, cfg.Payload}] = true
-	}
-	return c.measure(ctx)
+	return c, nil
 }
 
 func (cfg *Config) normalize() error {
@@ -156,6 +183,7 @@ func (c *cell) measure(ctx context.Context) (Result, error) {
 		ops      atomic.Int64 // measured operations begun
 		done     atomic.Int64 // measured operations finished
 		failed   atomic.Int64
+		all      atomic.Int64 // every operation, the warmup's included
 		wg       sync.WaitGroup
 	)
 	samples := make([][]time.Duration, c.Concurrency)
@@ -176,6 +204,7 @@ func (c *cell) measure(ctx context.Context) (Result, error) {
 				opCtx, cancel := context.WithTimeout(ctx, c.OpTimeout)
 				code := c.op(opCtx, w, c.Workload)
 				cancel()
+				all.Add(1)
 				if !inWindow {
 					continue
 				}
@@ -195,7 +224,9 @@ func (c *cell) measure(ctx context.Context) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	return c.result(elapsed, samples, codes), nil
+	r := c.result(elapsed, samples, codes)
+	r.AllOps = all.Load()
+	return r, nil
 }
 
 // reportProgress writes a line a second until stop is called.

@@ -43,12 +43,21 @@ const (
 // WriteTable prints results as an aligned table.
 func WriteTable(w io.Writer, results []bench.Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tprotocol\tconc\tops/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\t")
+	fmt.Fprintln(tw, "workload\tprotocol\tconc\tops/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu µs/op client+server+db\terrors\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n",
-			r.Workload, r.Protocol, r.Concurrency, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, errorText(r))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t\n",
+			r.Workload, r.Protocol, r.Concurrency, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, cpuText(r), errorText(r))
 	}
 	tw.Flush()
+}
+
+// cpuText shows the CPU per operation of client, server and database.
+func cpuText(r bench.Result) string {
+	server := "-"
+	if r.ServerCPU > 0 {
+		server = fmt.Sprintf("%.0f", r.ServerCPU)
+	}
+	return fmt.Sprintf("%.0f+%s+%.0f", r.ClientCPU, server, r.DBCPU)
 }
 
 // errorText lists errors by code, and a contended claim's owner count.
