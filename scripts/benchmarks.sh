@@ -10,4 +10,4 @@ bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/cacheservice" ./cmd/cacheservice
 go build -o "$bin/cachebench" ./cmd/cachebench
-"$bin/cachebench" report --server-bin "$bin/cacheservice" --db-max-conns 8 "$@"
+"$bin/cachebench" report --server-bin "$bin/cacheservice" --server-args "--log-level warn" --db-max-conns 8 "$@"
