@@ -54,7 +54,7 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
-	t.Cleanup(st.Close)
+	t.Cleanup(func() { closeBounded(t, "server's pool", st.Close) })
 	admin, err := pgxpool.New(t.Context(), url)
 	if err != nil {
 		t.Fatalf("open admin pool: %v", err)
@@ -85,6 +85,22 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 		b.http2.CloseIdleConnections()
 	})
 	return b
+}
+
+// closeBounded runs closeFn, giving up after 10s: a pool waits for every
+// acquired connection, so a leaked one would hang the cleanup for ever.
+func closeBounded(t testing.TB, what string, closeFn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		closeFn()
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("closing the %s took over 10s: a connection is still acquired (leaked)", what)
+	}
 }
 
 func protocols() *http.Protocols {
