@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -26,7 +27,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(pgtest.Main(m, store.Migrate))
+	code := pgtest.Main(m, store.Migrate)
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 // maxRequestBytes is the request limit the server binary applies by default;
@@ -274,3 +279,6 @@ func (b *testBundle) assertEmpty(t testing.TB) {
 		t.Fatalf("database holds %d entries and %d reservations, want none", e, r)
 	}
 }
+
+// asConnectError is errors.As for *connect.Error.
+func asConnectError(err error, target **connect.Error) bool { return errors.As(err, target) }
