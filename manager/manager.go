@@ -95,6 +95,9 @@ func (m *Manager) toConnectError(ctx context.Context, op string, err error) erro
 	case errors.Is(err, store.ErrConflict):
 		return connect.NewError(connect.CodeAlreadyExists,
 			errors.New("entry already exists; set overwrite, or max_age to replace an old one"))
+	case errors.Is(err, store.ErrTooLarge):
+		// Only the identity is unbounded in bytes: its limits are in characters.
+		return invalidArgument("key", "scope and key together are too large to index; use a shorter key")
 	case ctx.Err() != nil:
 		// The caller gave up or ran out of its own time; not the database's fault.
 		code := connect.CodeCanceled
