@@ -49,11 +49,6 @@ var (
 // binary builds cmd/cacheservice once per test binary and returns its path.
 func binary(t testing.TB) string {
 	t.Helper()
-	// Until cmd/cacheservice reaches this branch from main there is nothing
-	// to build; remove this once it has.
-	if _, err := os.Stat(filepath.Join("..", "cmd", "cacheservice", "main.go")); errors.Is(err, os.ErrNotExist) {
-		t.Skip("cmd/cacheservice is not on this branch yet")
-	}
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "cacheservice-bin-")
 		if buildErr != nil {
