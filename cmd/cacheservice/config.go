@@ -49,6 +49,22 @@ type Config struct {
 	LogLevel slog.Level
 	// LogFormat is "text" or "json".
 	LogFormat string
+	// MetricsAddr, when set, serves /metrics (and pprof) on a listener of
+	// its own instead of the main port.
+	MetricsAddr string
+	// OTLPEndpoint is the OTLP/HTTP base URL spans are exported to; empty
+	// leaves it to the standard OTEL_ variables, and tracing off without them.
+	OTLPEndpoint string
+	// PProf mounts net/http/pprof at /debug/pprof/.
+	PProf bool
+	// SweepInterval is the time between sweeper passes; 0 disables it.
+	SweepInterval time.Duration
+	// ReservationRetention is how long past expiry a reservation is kept.
+	ReservationRetention time.Duration
+	// EntryTTL deletes entries not updated for this long; 0 keeps them.
+	EntryTTL time.Duration
+	// SweepBatchSize is the most rows one sweeper statement deletes.
+	SweepBatchSize int
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
@@ -84,6 +100,13 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")
+	fs.BoolVar(&cfg.PProf, "pprof", false, "serve net/http/pprof at /debug/pprof/")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", time.Minute, "time between sweeper passes; 0 disables the sweeper")
+	fs.DurationVar(&cfg.ReservationRetention, "reservation-retention", time.Hour, "how long after expiry a reservation is deleted")
+	fs.DurationVar(&cfg.EntryTTL, "entry-ttl", 0, "delete entries not updated for this long; 0 keeps them until deleted")
+	fs.IntVar(&cfg.SweepBatchSize, "sweep-batch-size", 1000, "most rows one sweeper statement deletes")
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
 
 	if err := fs.Parse(args); err != nil {
@@ -165,6 +188,14 @@ func (c Config) validate() error {
 	check(c.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
+	if c.MetricsAddr != "" {
+		_, _, err := net.SplitHostPort(c.MetricsAddr)
+		check(err == nil, "%s %q: want host:port, such as 127.0.0.1:9090", opt("metrics-addr"), c.MetricsAddr)
+	}
+	check(c.SweepInterval >= 0, "%s must not be negative, got %v", opt("sweep-interval"), c.SweepInterval)
+	check(c.ReservationRetention >= 0, "%s must not be negative, got %v", opt("reservation-retention"), c.ReservationRetention)
+	check(c.EntryTTL >= 0, "%s must not be negative, got %v", opt("entry-ttl"), c.EntryTTL)
+	check(c.SweepBatchSize >= 1, "%s must be at least 1, got %d", opt("sweep-batch-size"), c.SweepBatchSize)
 	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
 	return errors.Join(errs...)
 }

@@ -36,6 +36,10 @@ func TestParseConfigDefaults(t *testing.T) {
 		ShutdownTimeout: 15 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
+
+		SweepInterval:        time.Minute,
+		ReservationRetention: time.Hour,
+		SweepBatchSize:       1000,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults = %+v, want %+v", got, want)
@@ -122,6 +126,12 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"log format", []string{"--log-format=xml"}, nil, "--log-format"},
 		{"empty data dir", []string{"--data-dir="}, nil, "--data-dir"},
 		{"zero shutdown timeout", []string{"--shutdown-timeout=0s"}, nil, "--shutdown-timeout"},
+		{"metrics address without port", []string{"--metrics-addr=localhost"}, nil, "--metrics-addr"},
+		{"negative sweep interval", nil, map[string]string{"CACHESERVICE_SWEEP_INTERVAL": "-1m"}, "--sweep-interval (CACHESERVICE_SWEEP_INTERVAL)"},
+		{"negative retention", []string{"--reservation-retention=-1h"}, nil, "--reservation-retention"},
+		{"negative entry ttl", []string{"--entry-ttl=-1h"}, nil, "--entry-ttl"},
+		{"zero sweep batch", []string{"--sweep-batch-size=0"}, nil, "--sweep-batch-size"},
+		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, "CACHESERVICE_PPROF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,8 +158,10 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	}
 	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "max-heartbeat",
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
-		"log-level", "log-format"} {
-		if !strings.Contains(stdout.String(), "-"+flag+" ") || !strings.Contains(stdout.String(), envName(flag)) {
+		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
+		"reservation-retention", "entry-ttl", "sweep-batch-size"} {
+		listed := strings.Contains(stdout.String(), "-"+flag+" ") || strings.Contains(stdout.String(), "-"+flag+"\n") // a bool flag has no value
+		if !listed || !strings.Contains(stdout.String(), envName(flag)) {
 			t.Errorf("help does not list -%s with %s:\n%s", flag, envName(flag), &stdout)
 		}
 	}

@@ -31,20 +31,35 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	}
 	defer func() { err = errors.Join(err, db.close(context.WithoutCancel(ctx), cfg.ShutdownTimeout)) }()
 
+	ops, err := newOperations(ctx, cfg, db, logger)
+	if err != nil {
+		return err
+	}
+	m := manager.New(db.store, manager.Config{
+		MaxHeartbeat:    cfg.MaxHeartbeat,
+		GraceMultiplier: cfg.GraceMultiplier,
+		MaxInlineBytes:  cfg.MaxInlineBytes,
+	}, logger, manager.WithObserver(ops.metrics))
+
 	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(
-		manager.New(db.store, manager.Config{
-			MaxHeartbeat:    cfg.MaxHeartbeat,
-			GraceMultiplier: cfg.GraceMultiplier,
-			MaxInlineBytes:  cfg.MaxInlineBytes,
-		}, logger),
+	mux.Handle(service.NewHandler(m,
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
-		connect.WithInterceptors(logFailures(logger)),
+		connect.WithInterceptors(ops.interceptors(logFailures(logger))...),
 	))
-	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(cachev1connect.CacheServiceName)))
+	readiness := service.NewReadiness(m, service.ReadinessConfig{}, logger)
+	mux.Handle(grpchealth.NewHandler(readiness))
+	mux.Handle("/readyz", readiness)
 	reflector := grpcreflect.NewStaticReflector(cachev1connect.CacheServiceName, grpchealth.HealthV1ServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+
+	// The sweeper and the metrics listener stop with ctx, or when the API
+	// server fails; the pool closes only after they are done.
+	opsCtx, stopOps := context.WithCancel(ctx)
+	defer func() { stopOps(); err = errors.Join(err, ops.stop(ctx)) }()
+	if err := ops.start(opsCtx, mux, m); err != nil {
+		return err
+	}
 
 	srv := newHTTPServer(withCORS(mux, cfg.CORSAllowedOrigins), logger)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind))
