@@ -41,13 +41,14 @@ func DefaultConfig() Config {
 
 // Manager applies the cache's rules on top of a store.
 type Manager struct {
-	store  *store.Store
-	cfg    Config
-	logger *slog.Logger
+	store    *store.Store
+	cfg      Config
+	logger   *slog.Logger
+	observer Observer
 }
 
 // New returns a Manager over st. Zero fields of cfg take their defaults.
-func New(st *store.Store, cfg Config, logger *slog.Logger) *Manager {
+func New(st *store.Store, cfg Config, logger *slog.Logger, opts ...Option) *Manager {
 	def := DefaultConfig()
 	if cfg.MaxHeartbeat <= 0 {
 		cfg.MaxHeartbeat = def.MaxHeartbeat
@@ -61,7 +62,11 @@ func New(st *store.Store, cfg Config, logger *slog.Logger) *Manager {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{store: st, cfg: cfg, logger: logger}
+	m := &Manager{store: st, cfg: cfg, logger: logger, observer: nopObserver{}}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
 }
 
 // idOf builds the store identity; the scope's parts stay separate.
@@ -90,6 +95,9 @@ func (m *Manager) toConnectError(ctx context.Context, op string, err error) erro
 	case errors.Is(err, store.ErrConflict):
 		return connect.NewError(connect.CodeAlreadyExists,
 			errors.New("entry already exists; set overwrite, or max_age to replace an old one"))
+	case errors.Is(err, store.ErrTooLarge):
+		// Only the identity is unbounded in bytes: its limits are in characters.
+		return invalidArgument("key", "scope and key together are too large to index; use a shorter key")
 	case ctx.Err() != nil:
 		// The caller gave up or ran out of its own time; not the database's fault.
 		code := connect.CodeCanceled

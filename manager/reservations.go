@@ -31,13 +31,14 @@ func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req
 		ExpiresAt:         dbTime(now.Add(time.Duration(float64(heartbeat) * m.cfg.GraceMultiplier))),
 	}
 	var held store.Reservation
+	var outcome Outcome
 	err = m.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
 		current, created, err := tx.LockReservation(ctx, claim)
 		if err != nil {
 			return err
 		}
-		if created || !mayClaim(current, claim.OwnerID, now) {
-			held = current
+		held, outcome = current, claimOutcome(current, created, claim.OwnerID, now)
+		if created || outcome == OutcomeHeldByAnother {
 			return nil
 		}
 		held = claim
@@ -46,6 +47,7 @@ func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req
 	if err != nil {
 		return nil, m.toConnectError(ctx, "get or extend reservation", err)
 	}
+	m.observer.ObserveReservation(outcome)
 	return &cachev1.GetOrExtendReservationResponse{Reservation: &cachev1.Reservation{
 		Key:               held.ID.Key,
 		OwnerId:           held.OwnerID,
@@ -54,10 +56,20 @@ func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req
 	}}, nil
 }
 
-// mayClaim reports whether owner may take or keep the reservation current:
-// it holds it already, or the holder's time ran out.
-func mayClaim(current store.Reservation, owner string, now time.Time) bool {
-	return current.OwnerID == owner || !current.ExpiresAt.After(now)
+// claimOutcome decides what a claim by owner does to the reservation current
+// (created: it was inserted by this claim). Owner may take or keep it when it
+// holds it already or the holder's time ran out.
+func claimOutcome(current store.Reservation, created bool, owner string, now time.Time) Outcome {
+	switch {
+	case created:
+		return OutcomeAcquired
+	case current.OwnerID == owner:
+		return OutcomeExtended
+	case !current.ExpiresAt.After(now):
+		return OutcomeTakenOver
+	default:
+		return OutcomeHeldByAnother
+	}
 }
 
 // resolveHeartbeat applies the server's maximum: unset or above it gives the
@@ -90,8 +102,14 @@ func positiveDuration(field string, d *durationpb.Duration) (time.Duration, erro
 // reservation, or another owner's, is left as it is and the call succeeds:
 // clients release unconditionally in cleanup paths.
 func (m *Manager) ReleaseReservation(ctx context.Context, req *cachev1.ReleaseReservationRequest) (*cachev1.ReleaseReservationResponse, error) {
-	if _, err := m.store.ReleaseReservation(ctx, idOf(req.GetScope(), req.GetKey()), req.GetOwnerId()); err != nil {
+	released, err := m.store.ReleaseReservation(ctx, idOf(req.GetScope(), req.GetKey()), req.GetOwnerId())
+	if err != nil {
 		return nil, m.toConnectError(ctx, "release reservation", err)
+	}
+	if released {
+		m.observer.ObserveReservation(OutcomeReleased)
+	} else {
+		m.observer.ObserveReservation(OutcomeReleaseNotHeld)
 	}
 	return &cachev1.ReleaseReservationResponse{}, nil
 }

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"maps"
 	"testing"
@@ -141,5 +142,29 @@ func TestIDPartsNeverCollide(t *testing.T) {
 		if err != nil || got.URI != want {
 			t.Errorf("get %+v = %q, %v; want %q", id, got.URI, err, want)
 		}
+	}
+}
+
+// TestIdentityOverIndexLimitIsErrTooLarge writes an identity of 4-byte
+// characters that compress badly: within the API's character limits, over
+// the btree's byte limit. Both tables refuse it with ErrTooLarge.
+func TestIdentityOverIndexLimitIsErrTooLarge(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var key []rune
+	for i := range 1024 {
+		key = append(key, rune(0x1F300+i%0x2FF), rune(0x20000+i))
+	}
+	id := store.ID{"o", "p", "d", string(key[:1024])}
+	err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "u", CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{})
+	if !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("PutEntry: err = %v, want ErrTooLarge", err)
+	}
+	err = b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
+		_, _, err := tx.LockReservation(ctx, store.Reservation{ID: id, OwnerID: "w", HeartbeatInterval: time.Second, ExpiresAt: t0})
+		return err
+	})
+	if !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("LockReservation: err = %v, want ErrTooLarge", err)
 	}
 }

@@ -25,6 +25,10 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict means a row exists that the write was not allowed to replace.
 	ErrConflict = errors.New("conflict")
+	// ErrTooLarge means a value does not fit what PostgreSQL can index: an
+	// identity of long multi-byte strings can pass every character limit
+	// and still exceed a btree entry's ~2.7 kB, after compression.
+	ErrTooLarge = errors.New("too large to store")
 	// ErrUnavailable wraps failures to reach the database: connection refused
 	// or lost, timeouts, shutdown. Callers may retry.
 	ErrUnavailable = errors.New("database unavailable")
@@ -96,17 +100,26 @@ func classify(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict), errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict), errors.Is(err, ErrTooLarge), errors.Is(err, ErrUnavailable):
 		return err // classified already, deeper down
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s: %w", op, err)
+	case isTooLarge(err):
+		return fmt.Errorf("%s: %w: %w", op, ErrTooLarge, err)
 	case isUnavailable(err):
 		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 	default:
 		return fmt.Errorf("%s: %w", op, err)
 	}
+}
+
+// isTooLarge reports whether PostgreSQL refused a value for its size, such
+// as an index row over the btree limit.
+func isTooLarge(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && pgErr.Code == pgerrcode.ProgramLimitExceeded
 }
 
 // isUnavailable reports whether err means the database could not be reached

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -68,6 +69,8 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *process // the current or last postmaster
+
+	starts, unexpectedExits atomic.Int64 // for State
 }
 
 // Start initializes the cluster on first use, starts it, waits until it accepts connections and

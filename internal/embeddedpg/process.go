@@ -54,6 +54,7 @@ func (s *Server) launch(ctx context.Context) error {
 		s.stopAfterFailure(ctx)
 		return err
 	}
+	s.starts.Add(1)
 	s.cfg.Logger.Info("embedded postgresql started",
 		slog.Int("pid", p.pid), slog.String("socket_dir", s.sockDir), slog.Duration("took", time.Since(started)))
 	return nil
@@ -88,6 +89,7 @@ func (s *Server) spawn() (*process, error) {
 		startErr <- nil
 		p.err = cmd.Wait()
 		if !p.stopped.Load() {
+			s.unexpectedExits.Add(1)
 			s.cfg.Logger.Error("embedded postgresql exited unexpectedly",
 				slog.Int("pid", p.pid), slog.Any("error", p.err))
 		}

@@ -91,9 +91,10 @@ func (x *Scope) GetDomain() string {
 // Source names what produced an output.
 type Source struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name of the producer, such as a task name.
+	// name of the producer, such as a task name. PostgreSQL text cannot hold
+	// NUL, and control characters would corrupt logs and tools.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// version of the producer.
+	// version of the producer; the same characters as name.
 	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -302,7 +303,8 @@ type isCachedOutput_Value interface {
 }
 
 type CachedOutput_Uri struct {
-	// uri points at an output stored elsewhere.
+	// uri points at an output stored elsewhere. A URI has no control
+	// characters, and PostgreSQL text cannot hold NUL.
 	Uri string `protobuf:"bytes,1,opt,name=uri,proto3,oneof"`
 }
 
@@ -938,22 +940,21 @@ const file_cacheservice_v1_cache_proto_rawDesc = "" +
 	"\x05Scope\x12'\n" +
 	"\x03org\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x03org\x12/\n" +
 	"\aproject\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\aproject\x12-\n" +
-	"\x06domain\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x06domain\"J\n" +
-	"\x06Source\x12\x1c\n" +
-	"\x04name\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x04name\x12\"\n" +
-	"\aversion\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\aversion\"\xd8\x02\n" +
+	"\x06domain\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x06domain\"`\n" +
+	"\x06Source\x12'\n" +
+	"\x04name\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x18\x80\b2\t^\\P{Cc}*$R\x04name\x12-\n" +
+	"\aversion\x18\x02 \x01(\tB\x13\xbaH\x10r\x0e\x18\x80\b2\t^\\P{Cc}*$R\aversion\"\xdc\x02\n" +
 	"\bMetadata\x12/\n" +
-	"\x06source\x18\x01 \x01(\v2\x17.cacheservice.v1.SourceR\x06source\x12a\n" +
-	"\x06labels\x18\x02 \x03(\v2%.cacheservice.v1.Metadata.LabelsEntryB\"\xbaH\x1f\x9a\x01\x1c\x10@\"\x11r\x0f\x10\x01\x18?2\t^\\P{Cc}*$*\x05r\x03\x18\x80\bR\x06labels\x129\n" +
+	"\x06source\x18\x01 \x01(\v2\x17.cacheservice.v1.SourceR\x06source\x12e\n" +
+	"\x06labels\x18\x02 \x03(\v2%.cacheservice.v1.Metadata.LabelsEntryB&\xbaH#\x9a\x01 \x10@\"\x11r\x0f\x10\x01\x18?2\t^\\P{Cc}*$*\tr\a\x18\x80\b\xba\x01\x01\x00R\x06labels\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n" +
 	"\x0flast_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rlastUpdatedAt\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
-	"\fCachedOutput\x12\x1e\n" +
-	"\x03uri\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80 H\x00R\x03uri\x12\x18\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x01\n" +
+	"\fCachedOutput\x12)\n" +
+	"\x03uri\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80 2\t^\\P{Cc}*$H\x00R\x03uri\x12\x18\n" +
 	"\x06inline\x18\x02 \x01(\fH\x00R\x06inline\x125\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x19.cacheservice.v1.MetadataR\bmetadataB\x0e\n" +
 	"\x05value\x12\x05\xbaH\x02\b\x01\"\xbf\x01\n" +

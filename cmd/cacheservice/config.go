@@ -1,0 +1,226 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// envPrefix namespaces the environment variable of every flag:
+// --db-timeout is CACHESERVICE_DB_TIMEOUT.
+const envPrefix = "CACHESERVICE_"
+
+// Config is everything `cacheservice serve` can be told, filled from flags
+// with environment fallbacks and passed down as a value.
+type Config struct {
+	// Addr is the host:port to listen on; port 0 picks a free one.
+	Addr string
+	// DatabaseURL points at PostgreSQL; empty runs an embedded one in DataDir.
+	DatabaseURL string
+	// DataDir holds the embedded PostgreSQL cluster.
+	DataDir string
+	// DBMaxConns bounds the connection pool.
+	DBMaxConns int32
+	// DBTimeout bounds every database call.
+	DBTimeout time.Duration
+	// MaxHeartbeat is the longest reservation heartbeat granted.
+	MaxHeartbeat time.Duration
+	// GraceMultiplier is how many heartbeats a reservation outlives.
+	GraceMultiplier float64
+	// MaxInlineBytes bounds an inline output.
+	MaxInlineBytes int
+	// MaxRequestBytes bounds a request body.
+	MaxRequestBytes int
+	// CORSAllowedOrigins lists the browser origins allowed to call; "*" is
+	// any, none disables CORS.
+	CORSAllowedOrigins []string
+	// ShutdownTimeout bounds the wait for in-flight requests on shutdown,
+	// and then for the embedded PostgreSQL to stop.
+	ShutdownTimeout time.Duration
+	// LogLevel is the least severe level logged.
+	LogLevel slog.Level
+	// LogFormat is "text" or "json".
+	LogFormat string
+}
+
+// embedded reports whether the server runs its own PostgreSQL.
+func (c Config) embedded() bool { return c.DatabaseURL == "" }
+
+// lookupEnv is os.LookupEnv, injected so tests do not depend on the
+// environment they run in.
+type lookupEnv func(key string) (string, bool)
+
+// parseConfig reads the serve command's flags; a flag not given on the
+// command line falls back to its environment variable, then to its default.
+// -help prints the usage to output and returns flag.ErrHelp; errors are
+// returned, not printed.
+func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error) {
+	cfg := Config{}
+	fs := flag.NewFlagSet("cacheservice serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are the caller's to print, in one line
+	fs.Usage = func() {}
+	var maxConns int
+	maxInline, maxRequest := byteSize(1<<20), byteSize(4<<20)
+	var origins originList
+
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:8094", "`host:port` to listen on (port 0 picks a free port)")
+	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "PostgreSQL connection `URL` (else env DATABASE_URL); empty runs an embedded PostgreSQL in --data-dir")
+	fs.StringVar(&cfg.DataDir, "data-dir", ".cacheservice", "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
+	fs.IntVar(&maxConns, "db-max-conns", 10, "maximum open database connections")
+	fs.DurationVar(&cfg.DBTimeout, "db-timeout", 5*time.Second, "deadline of every database call")
+	fs.DurationVar(&cfg.MaxHeartbeat, "max-heartbeat", 10*time.Second, "longest reservation heartbeat interval granted, and the one given when a request sets none")
+	fs.Float64Var(&cfg.GraceMultiplier, "grace-multiplier", 3, "heartbeat intervals a reservation lives without being extended (at least 1)")
+	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
+	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
+	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
+	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log `format`: text or json")
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(output, "Usage: cacheservice serve [flags]\n\n"+
+				"Serves the cache API. Every flag can also be set by the environment variable\n"+
+				"named in its description; a flag on the command line wins.\n\nFlags:\n")
+			fs.SetOutput(output)
+			fs.PrintDefaults()
+		}
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: serve takes flags only", fs.Arg(0))
+	}
+	if err := applyEnv(fs, env); err != nil {
+		return Config{}, err
+	}
+	if maxConns < 1 || maxConns > math.MaxInt32 {
+		return Config{}, fmt.Errorf("%s must be at least 1, got %d", opt("db-max-conns"), maxConns)
+	}
+	cfg.DBMaxConns = int32(maxConns)
+	cfg.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
+	cfg.CORSAllowedOrigins = origins
+	if err := cfg.validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// applyEnv sets every flag left off the command line from its environment
+// variable, so that both sources share one parser and one validation.
+func applyEnv(fs *flag.FlagSet, env lookupEnv) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		name := envName(f.Name)
+		v, ok := env(name)
+		if !ok && f.Name == "database-url" {
+			name = "DATABASE_URL"
+			v, ok = env(name)
+		}
+		if !ok {
+			return
+		}
+		if setErr := fs.Set(f.Name, v); setErr != nil {
+			err = fmt.Errorf("invalid value %q for %s: %w", v, name, setErr)
+		}
+	})
+	return err
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// validate checks what a flag's type cannot. Messages name the flag and
+// its variable, since the value may have come from either.
+func (c Config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	_, _, err := net.SplitHostPort(c.Addr)
+	check(err == nil, "%s %q: want host:port, such as 127.0.0.1:8094", opt("addr"), c.Addr)
+	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
+	check(c.DBTimeout > 0, "%s must be positive, got %v", opt("db-timeout"), c.DBTimeout)
+	check(c.MaxHeartbeat > 0, "%s must be positive, got %v", opt("max-heartbeat"), c.MaxHeartbeat)
+	check(c.GraceMultiplier >= 1 && !math.IsInf(c.GraceMultiplier, 0),
+		"%s must be a finite number of at least 1, got %v", opt("grace-multiplier"), c.GraceMultiplier)
+	check(c.MaxInlineBytes > 0, "%s must be positive, got %d", opt("max-inline-bytes"), c.MaxInlineBytes)
+	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
+		opt("max-inline-bytes"), c.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
+	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
+	return errors.Join(errs...)
+}
+
+// opt names a flag and its environment variable for a message.
+func opt(flagName string) string {
+	return fmt.Sprintf("--%s (%s)", flagName, envName(flagName))
+}
+
+// byteSize is a flag holding a number of bytes, optionally with a binary
+// suffix: 4194304, 4096KiB and 4MiB are the same.
+type byteSize int
+
+func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	num, unit := s, 1
+	for _, u := range []struct {
+		suffix string
+		size   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, unit = strings.TrimSpace(n), u.size
+			break
+		}
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || n > math.MaxInt32/unit {
+		return errors.New("want a number of bytes such as 1048576 or 1MiB")
+	}
+	*b = byteSize(n * unit)
+	return nil
+}
+
+// originList is a comma-separated list of CORS origins: "*", or
+// scheme://host[:port] where the host may start with a "*." wildcard.
+type originList []string
+
+func (o *originList) String() string { return strings.Join(*o, ",") }
+
+func (o *originList) Set(s string) error {
+	var list []string
+	for origin := range strings.SplitSeq(s, ",") {
+		origin = strings.TrimSpace(origin)
+		if origin == "" {
+			continue
+		}
+		if origin != "*" {
+			u, err := url.Parse(origin)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+				u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+				return fmt.Errorf("origin %q: want * or scheme://host[:port], such as https://app.example.com", origin)
+			}
+		}
+		list = append(list, origin)
+	}
+	*o = list
+	return nil
+}

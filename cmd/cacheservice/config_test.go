@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// env returns a lookupEnv over vars.
+func env(vars map[string]string) lookupEnv {
+	return func(key string) (string, bool) {
+		v, ok := vars[key]
+		return v, ok
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	got, err := parseConfig(nil, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Addr:            "127.0.0.1:8094",
+		DataDir:         ".cacheservice",
+		DBMaxConns:      10,
+		DBTimeout:       5 * time.Second,
+		MaxHeartbeat:    10 * time.Second,
+		GraceMultiplier: 3,
+		MaxInlineBytes:  1 << 20,
+		MaxRequestBytes: 4 << 20,
+		ShutdownTimeout: 15 * time.Second,
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("defaults = %+v, want %+v", got, want)
+	}
+	if !got.embedded() {
+		t.Error("no database URL should mean the embedded PostgreSQL")
+	}
+}
+
+func TestParseConfigPrecedence(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(c Config) bool
+	}{
+		{"flag", []string{"--addr", ":9000"}, nil,
+			func(c Config) bool { return c.Addr == ":9000" }},
+		{"env", nil, map[string]string{"CACHESERVICE_ADDR": ":9001"},
+			func(c Config) bool { return c.Addr == ":9001" }},
+		{"flag over env", []string{"-addr=:9000"}, map[string]string{"CACHESERVICE_ADDR": ":9001"},
+			func(c Config) bool { return c.Addr == ":9000" }},
+		{"DATABASE_URL fallback", nil, map[string]string{"DATABASE_URL": "postgres://a/b"},
+			func(c Config) bool { return c.DatabaseURL == "postgres://a/b" && !c.embedded() }},
+		{"CACHESERVICE_DATABASE_URL over DATABASE_URL", nil,
+			map[string]string{"DATABASE_URL": "postgres://a/b", "CACHESERVICE_DATABASE_URL": "postgres://c/d"},
+			func(c Config) bool { return c.DatabaseURL == "postgres://c/d" }},
+		{"byte sizes with suffixes", []string{"--max-inline-bytes", "512KiB"}, map[string]string{"CACHESERVICE_MAX_REQUEST_BYTES": "2MiB"},
+			func(c Config) bool { return c.MaxInlineBytes == 512<<10 && c.MaxRequestBytes == 2<<20 }},
+		{"sub-second durations", []string{"--max-heartbeat", "1500ms"}, map[string]string{"CACHESERVICE_DB_TIMEOUT": "250ms"},
+			func(c Config) bool {
+				return c.MaxHeartbeat == 1500*time.Millisecond && c.DBTimeout == 250*time.Millisecond
+			}},
+		{"CORS origins", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000,"},
+			func(c Config) bool {
+				return reflect.DeepEqual(c.CORSAllowedOrigins, []string{"https://a.example.com", "http://localhost:3000"})
+			}},
+		{"CORS any origin", []string{"--cors-allowed-origins=*"}, nil,
+			func(c Config) bool { return reflect.DeepEqual(c.CORSAllowedOrigins, []string{"*"}) }},
+		{"log settings", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "warn", "CACHESERVICE_LOG_FORMAT": "json"},
+			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
+		{"everything else", []string{"--data-dir=/var/lib/cacheservice", "--db-max-conns=32", "--grace-multiplier=2.5", "--shutdown-timeout=1m"}, nil,
+			func(c Config) bool {
+				return c.DataDir == "/var/lib/cacheservice" && c.DBMaxConns == 32 && c.GraceMultiplier == 2.5 && c.ShutdownTimeout == time.Minute
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseConfig(tt.args, env(tt.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(got) {
+				t.Errorf("config = %+v", got)
+			}
+		})
+	}
+}
+
+// TestServeRejectsBadConfiguration checks that each bad value exits with
+// code 2 and one line naming the culprit, before anything starts.
+func TestServeRejectsBadConfiguration(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantMsg string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, nil, "no-such-flag"},
+		{"stray argument", []string{"now"}, nil, `unexpected argument "now"`},
+		{"unparsable duration", []string{"--db-timeout", "soon"}, nil, "-db-timeout"},
+		{"unparsable env duration", nil, map[string]string{"CACHESERVICE_MAX_HEARTBEAT": "10"}, "CACHESERVICE_MAX_HEARTBEAT"},
+		{"zero db timeout", []string{"--db-timeout=0s"}, nil, "--db-timeout"},
+		{"negative heartbeat", nil, map[string]string{"CACHESERVICE_MAX_HEARTBEAT": "-1s"}, "--max-heartbeat (CACHESERVICE_MAX_HEARTBEAT)"},
+		{"grace below one", []string{"--grace-multiplier=0.5"}, nil, "--grace-multiplier"},
+		{"grace not a number", []string{"--grace-multiplier=NaN"}, nil, "--grace-multiplier"},
+		{"zero connections", []string{"--db-max-conns=0"}, nil, "--db-max-conns"},
+		{"bad byte size", []string{"--max-request-bytes=4MB"}, nil, "-max-request-bytes"},
+		{"inline over request", []string{"--max-inline-bytes=8MiB"}, nil, "must not exceed"},
+		{"address without port", []string{"--addr=localhost"}, nil, "--addr"},
+		{"origin with a path", []string{"--cors-allowed-origins=https://a.example.com/app"}, nil, "https://a.example.com/app"},
+		{"origin without scheme", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "a.example.com"}, "CACHESERVICE_CORS_ALLOWED_ORIGINS"},
+		{"log level", []string{"--log-level=loud"}, nil, "-log-level"},
+		{"log format", []string{"--log-format=xml"}, nil, "--log-format"},
+		{"empty data dir", []string{"--data-dir="}, nil, "--data-dir"},
+		{"zero shutdown timeout", []string{"--shutdown-timeout=0s"}, nil, "--shutdown-timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := cli(context.Background(), append([]string{"serve"}, tt.args...), env(tt.env), &stdout, &stderr)
+			if code != exitUsage {
+				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitUsage, &stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if !strings.HasPrefix(lines[0], "cacheservice: ") || !strings.Contains(lines[0], tt.wantMsg) {
+				t.Errorf("first line %q, want the error naming %q", lines[0], tt.wantMsg)
+			}
+			if len(lines) != 2 || !strings.Contains(lines[1], "-help") {
+				t.Errorf("stderr = %q, want the error and a pointer to -help", &stderr)
+			}
+		})
+	}
+}
+
+func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
+	}
+	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "max-heartbeat",
+		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
+		"log-level", "log-format"} {
+		if !strings.Contains(stdout.String(), "-"+flag+" ") || !strings.Contains(stdout.String(), envName(flag)) {
+			t.Errorf("help does not list -%s with %s:\n%s", flag, envName(flag), &stdout)
+		}
+	}
+}
+
+func TestCLIRejectsUnknownCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := cli(context.Background(), []string{"serv"}, noEnv, &stdout, &stderr); code != exitUsage {
+		t.Fatalf("exit code %d, want %d", code, exitUsage)
+	}
+	if !strings.Contains(stderr.String(), `unknown command "serv"`) {
+		t.Errorf("stderr = %q", &stderr)
+	}
+}

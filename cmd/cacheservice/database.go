@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cacheservice/cacheservice/internal/embeddedpg"
+	"github.com/cacheservice/cacheservice/store"
+)
+
+// startupTimeout bounds starting the embedded PostgreSQL and migrating: a
+// first start runs initdb, and migrations may wait for another replica's.
+const startupTimeout = 2 * time.Minute
+
+// database is the migrated store and, in embedded mode, the PostgreSQL
+// server behind it.
+type database struct {
+	store    *store.Store
+	kind     string             // "embedded" or "external", for the logs
+	embedded *embeddedpg.Server // nil with --database-url
+}
+
+// openDatabase starts the embedded PostgreSQL when no URL is configured,
+// opens the pool and applies the migrations.
+func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *database, err error) {
+	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
+	defer cancel()
+	db := &database{kind: "external"}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, db.close(context.WithoutCancel(ctx), cfg.ShutdownTimeout))
+		}
+	}()
+
+	url := cfg.DatabaseURL
+	if cfg.embedded() {
+		db.kind = "embedded"
+		// Fail first with the one line that says what to install.
+		if _, err := embeddedpg.FindBinaries(); err != nil {
+			return nil, err
+		}
+		db.embedded, err = embeddedpg.Start(ctx, embeddedpg.Config{
+			Dir:      cfg.DataDir,
+			Database: embeddedpg.DefaultDatabase,
+			Durable:  true,
+			Logger:   logger.With(slog.String("component", "postgres")),
+		})
+		if err != nil {
+			return nil, err
+		}
+		url = db.embedded.ConnString(embeddedpg.DefaultDatabase)
+	}
+
+	db.store, err = store.Open(ctx, store.Config{URL: url, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	// Ping first: an unreachable database is the common failure, and
+	// its error is clearer than one from inside a migration.
+	if err := db.store.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("reach database: %w", err)
+	}
+	if err := db.store.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("migrate database: %w", err)
+	}
+	return db, nil
+}
+
+// close closes the pool, then stops the embedded PostgreSQL (which would
+// otherwise wait for the pool's connections), giving it timeout to finish.
+func (db *database) close(ctx context.Context, timeout time.Duration) error {
+	if db.store != nil {
+		db.store.Close()
+	}
+	if db.embedded == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := db.embedded.Stop(ctx); err != nil {
+		return fmt.Errorf("stop embedded postgresql: %w", err)
+	}
+	return nil
+}

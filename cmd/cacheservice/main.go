@@ -1,0 +1,91 @@
+// Command cacheservice serves the cache API: Connect, gRPC and gRPC-Web on
+// one port, over PostgreSQL. It is the only place that knows every package:
+// it reads the configuration, opens the store and wires the manager and the
+// service into an HTTP server.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// Exit codes: 2 is a usage error, as with the flag package.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal, a second one kills at once.
+		<-ctx.Done()
+		stop()
+	}()
+	os.Exit(cli(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
+}
+
+const usage = `cacheservice stores workflow task outputs and coordinates who computes a missing one.
+
+Usage:
+  cacheservice serve [flags]   serve the API (see cacheservice serve -help)
+  cacheservice help            show this help
+`
+
+// cli runs the command line and returns the exit code.
+func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serveCommand(ctx, args[1:], env, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "cacheservice: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+}
+
+// serveCommand runs `cacheservice serve` until ctx ends. Failures to start
+// are one line on stderr, without the log's decoration.
+func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, env, stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
+		return exitUsage
+	}
+	logger := newLogger(stderr, cfg)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "cacheservice: %v\n", err)
+		return exitFail
+	}
+	if err := run(ctx, cfg, logger, ln); err != nil {
+		fmt.Fprintf(stderr, "cacheservice: %v\n", oneLine(err))
+		return exitFail
+	}
+	logger.Info("stopped")
+	return exitOK
+}
+
+// oneLine folds a multi-line error (errors.Join, pgconn's per-host
+// attempts) into one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}

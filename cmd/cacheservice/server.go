@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/rs/cors"
+
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/service"
+)
+
+// run serves the cache API on ln until ctx ends, then shuts down in order:
+// stop accepting and finish in-flight requests, close the pool, stop the
+// embedded PostgreSQL.
+func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) (err error) {
+	defer ln.Close()
+	db, err := openDatabase(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, db.close(context.WithoutCancel(ctx), cfg.ShutdownTimeout)) }()
+
+	mux := http.NewServeMux()
+	mux.Handle(service.NewHandler(
+		manager.New(db.store, manager.Config{
+			MaxHeartbeat:    cfg.MaxHeartbeat,
+			GraceMultiplier: cfg.GraceMultiplier,
+			MaxInlineBytes:  cfg.MaxInlineBytes,
+		}, logger),
+		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
+		connect.WithInterceptors(logFailures(logger)),
+	))
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(cachev1connect.CacheServiceName)))
+	reflector := grpcreflect.NewStaticReflector(cachev1connect.CacheServiceName, grpchealth.HealthV1ServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+
+	srv := newHTTPServer(withCORS(mux, cfg.CORSAllowedOrigins), logger)
+	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind))
+	return serve(ctx, srv, ln, cfg.ShutdownTimeout, logger)
+}
+
+// newHTTPServer serves HTTP/1.1 and unencrypted HTTP/2 (gRPC without TLS)
+// on one port, with a timeout on every phase a slow client could stretch.
+func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 5 * time.Second,
+		// Long enough for a full request body on a slow link, short enough
+		// that a stalled one does not hold its goroutine and buffer for long.
+		// It also ends the rare long-lived stream (a health Watch, a
+		// reflection session) after this long; their clients reconnect.
+		ReadTimeout:    30 * time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// withCORS lets the configured browser origins call every protocol Connect
+// serves, and read the headers its errors come back in. Without origins,
+// h is returned as it is and browsers keep their same-origin policy.
+func withCORS(h http.Handler, origins []string) http.Handler {
+	if len(origins) == 0 {
+		return h
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: connectcors.AllowedHeaders(),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200, // seconds; browsers cap it lower anyway
+	}).Handler(h)
+}
+
+// serve runs srv on ln until ctx ends, then shuts it down gracefully,
+// closing connections that are still busy after timeout.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", slog.Duration("timeout", timeout))
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	err := srv.Shutdown(shutdownCtx)
+	if err != nil {
+		err = errors.Join(fmt.Errorf("shut down: requests still running after %v, closed them: %w", timeout, err), srv.Close())
+	}
+	if serveErr := <-served; !errors.Is(serveErr, http.ErrServerClosed) {
+		err = errors.Join(err, fmt.Errorf("serve: %w", serveErr))
+	}
+	return err
+}

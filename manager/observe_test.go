@@ -1,0 +1,96 @@
+package manager_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/cacheservice/cacheservice/internal/pgtest"
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/store"
+)
+
+// recorder is an Observer that remembers what it was told.
+type recorder struct {
+	mu        sync.Mutex
+	outcomes  []manager.Outcome
+	sweeps    []manager.SweepResult
+	sweepErrs []error
+}
+
+func (r *recorder) ObserveReservation(o manager.Outcome) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.outcomes = append(r.outcomes, o)
+}
+
+func (r *recorder) ObserveSweep(res manager.SweepResult, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sweeps = append(r.sweeps, res)
+	r.sweepErrs = append(r.sweepErrs, err)
+}
+
+func (r *recorder) takeOutcomes() []manager.Outcome {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.outcomes
+	r.outcomes = nil
+	return out
+}
+
+func (r *recorder) sweepCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sweeps)
+}
+
+// observedBundle is a testBundle whose manager reports to a recorder, with
+// the raw pool for seeding and inspecting rows directly.
+type observedBundle struct {
+	*testBundle
+	rec  *recorder
+	pool *pgxpool.Pool
+}
+
+func setupObserved(t *testing.T) *observedBundle {
+	t.Helper()
+	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 40, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	t.Cleanup(st.Close)
+	rec := &recorder{}
+	cfg := manager.DefaultConfig()
+	m := manager.New(st, cfg, nil, manager.WithObserver(rec))
+	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg}, rec: rec, pool: st.Pool()}
+}
+
+func TestReservationOutcomesAreObserved(t *testing.T) {
+	t.Parallel()
+	b := setupObserved(t)
+	hb := durationpb.New(time.Second) // expires 3s after each claim
+	steps := []struct {
+		name string
+		do   func()
+		want manager.Outcome
+	}{
+		{"first claim", func() { b.claim(t, t0, "k", "w1", hb) }, manager.OutcomeAcquired},
+		{"holder claims again", func() { b.claim(t, t0.Add(time.Second), "k", "w1", hb) }, manager.OutcomeExtended},
+		{"another claims in time", func() { b.claim(t, t0.Add(2*time.Second), "k", "w2", hb) }, manager.OutcomeHeldByAnother},
+		{"another claims after expiry", func() { b.claim(t, t0.Add(time.Minute), "k", "w2", hb) }, manager.OutcomeTakenOver},
+		{"old holder releases", func() { b.release(t, "k", "w1") }, manager.OutcomeReleaseNotHeld},
+		{"holder releases", func() { b.release(t, "k", "w2") }, manager.OutcomeReleased},
+		{"release of nothing", func() { b.release(t, "k", "w2") }, manager.OutcomeReleaseNotHeld},
+	}
+	for _, step := range steps {
+		step.do()
+		if got := b.rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{step.want}) {
+			t.Errorf("%s: observed %v, want [%v]", step.name, got, step.want)
+		}
+	}
+}
