@@ -80,11 +80,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if !report {
-		return nil
+	if report {
+		info.LoadBefore, info.LoadAfter = before, benchreport.Load()
+		if err := benchreport.Write(opts.mdOut, opts.svgOut, info, results); err != nil {
+			return err
+		}
 	}
-	info.LoadBefore, info.LoadAfter = before, benchreport.Load()
-	return benchreport.Write(opts.mdOut, opts.svgOut, info, results)
+	return failures(results)
+}
+
+// failures reports runs that saw errors, or more than one owner of a
+// contended key, so that a smoke run in CI fails on them; the table and
+// files are written first.
+func failures(results []bench.Result) error {
+	var bad []string
+	for _, r := range results {
+		if r.ErrorCount() > 0 || (r.Workload == bench.ClaimContended && r.Owners != 1) {
+			bad = append(bad, fmt.Sprintf("%s over %s at %d", r.Workload, r.Protocol, r.Concurrency))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d runs had errors or more than one owner: %s", len(bad), strings.Join(bad, "; "))
+	}
+	return nil
 }
 
 func parseFlags(name string, args []string, report bool, stderr io.Writer) (*options, error) {
