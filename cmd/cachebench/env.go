@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -127,14 +130,22 @@ func (e *env) execServer(ctx context.Context, cfg envConfig, addr string) error 
 	if cfg.dbMaxConns > 0 {
 		args = append(args, "--db-max-conns", strconv.Itoa(cfg.dbMaxConns))
 	}
-	cmd := exec.Command(cfg.serverBin, append(args, cfg.serverArgs...)...)
+	bin, kind := cfg.serverBin, filepath.Base(cfg.serverBin)
+	if bin == "self" {
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own binary to run as the server: %w", err)
+		}
+		bin, kind = self, "cachebench serve: the service's packages without cmd/cacheservice's extras"
+	}
+	cmd := exec.Command(bin, append(args, cfg.serverArgs...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", cfg.serverBin, err)
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	e.serverPID = cmd.Process.Pid
-	e.serverKind = fmt.Sprintf("separate process (%s)", filepath.Base(cfg.serverBin))
+	e.serverKind = fmt.Sprintf("separate process (%s)", kind)
 	e.closers = append(e.closers, func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		exited := make(chan struct{})
@@ -174,6 +185,31 @@ func (e *env) serveInProcess(ctx context.Context, cfg envConfig, addr string) er
 		defer cancel()
 		_ = srv.Shutdown(shutCtx)
 	})
+	return nil
+}
+
+// serve is 'cachebench serve': the in-process server on its own, until
+// SIGTERM or SIGINT, so that --server-bin self measures a separate process
+// even where no cacheservice binary is at hand.
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cachebench serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8094", "host:port to listen on")
+	cfg := envConfig{logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	e := &env{}
+	fs.StringVar(&e.databaseURL, "database-url", "", "PostgreSQL connection string (required)")
+	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 8, "pool size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if e.databaseURL == "" {
+		return errors.New("serve: --database-url is required")
+	}
+	defer e.close()
+	if err := e.serveInProcess(ctx, cfg, *addr); err != nil {
+		return err
+	}
+	<-ctx.Done()
 	return nil
 }
 

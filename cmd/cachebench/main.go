@@ -2,6 +2,7 @@
 //
 //	cachebench run    [flags]   measure workloads and print a table (and JSON)
 //	cachebench report [flags]   run the published matrix and rewrite docs/BENCHMARKS.md
+//	cachebench serve  [flags]   serve the service's packages alone, for --server-bin self
 //
 // By default it starts its own embedded PostgreSQL and a server over it, in
 // process or, with --server-bin, as a separate process; --target measures a
@@ -56,8 +57,11 @@ type options struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "serve" {
+		return serve(ctx, args[1:], stderr)
+	}
 	if len(args) == 0 || (args[0] != "run" && args[0] != "report") {
-		return errors.New("usage: cachebench run|report [flags] (-h for flags)")
+		return errors.New("usage: cachebench run|report|serve [flags] (-h for flags)")
 	}
 	report := args[0] == "report"
 	opts, err := parseFlags(args[0], args[1:], report, stderr)
@@ -76,11 +80,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if !report {
-		return nil
+	if report {
+		info.LoadBefore, info.LoadAfter = before, benchreport.Load()
+		if err := benchreport.Write(opts.mdOut, opts.svgOut, info, results); err != nil {
+			return err
+		}
 	}
-	info.LoadBefore, info.LoadAfter = before, benchreport.Load()
-	return benchreport.Write(opts.mdOut, opts.svgOut, info, results)
+	return failures(results)
+}
+
+// failures reports runs that saw errors, or more than one owner of a
+// contended key, so that a smoke run in CI fails on them; the table and
+// files are written first.
+func failures(results []bench.Result) error {
+	var bad []string
+	for _, r := range results {
+		if r.ErrorCount() > 0 || (r.Workload == bench.ClaimContended && r.Owners != 1) {
+			bad = append(bad, fmt.Sprintf("%s over %s at %d", r.Workload, r.Protocol, r.Concurrency))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%d runs had errors or more than one owner: %s", len(bad), strings.Join(bad, "; "))
+	}
+	return nil
 }
 
 func parseFlags(name string, args []string, report bool, stderr io.Writer) (*options, error) {
@@ -106,7 +128,7 @@ func parseFlags(name string, args []string, report bool, stderr io.Writer) (*opt
 	fs.StringVar(&o.run.Mix, "mix", bench.DefaultMix, "workload weights of mixed")
 	fs.StringVar(&o.env.target, "target", "", "URL of a running server to measure (default: start one)")
 	fs.StringVar(&o.env.databaseURL, "database-url", "", "database of the ceiling, and of the started server (default: an embedded one)")
-	fs.StringVar(&o.env.serverBin, "server-bin", "", "cacheservice binary to run as a separate process (default: serve in process)")
+	fs.StringVar(&o.env.serverBin, "server-bin", "", "cacheservice binary to run as a separate process, or self for 'cachebench serve' (default: serve in process)")
 	serverArgs := fs.String("server-args", "", "extra arguments for the server binary, space-separated")
 	fs.StringVar(&o.env.dataDir, "data-dir", "", "directory of the embedded database (default: temporary)")
 	fs.BoolVar(&o.env.durable, "durable", false, "run the embedded database with fsync on")
@@ -196,9 +218,12 @@ func measure(ctx context.Context, opts *options, stderr io.Writer) ([]bench.Resu
 	defer rss.close()
 	b := bench.New()
 	var results []bench.Result
+	// Protocols vary fastest, so that the cells whose throughputs are compared
+	// (a protocol and the ceiling at one concurrency) run back to back and
+	// meet much the same load from the rest of the machine.
 	for _, workload := range opts.workloads {
-		for _, protocol := range opts.protocols {
-			for _, c := range opts.concurrency {
+		for _, c := range opts.concurrency {
+			for _, protocol := range opts.protocols {
 				cfg := opts.run
 				cfg.Workload, cfg.Protocol, cfg.Concurrency = workload, protocol, c
 				if opts.progress {

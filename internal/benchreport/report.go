@@ -126,7 +126,8 @@ func writeGenerated(w io.Writer, info Info, results []bench.Result, svg string) 
 	writeTargets(w, results)
 	fmt.Fprintln(w, "### All results")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Latencies in milliseconds. \"× pgx\" is throughput over the raw-pgx ceiling's at the same concurrency.")
+	fmt.Fprintln(w, "Latencies in milliseconds. \"× pgx\" is throughput over the raw-pgx ceiling's at the same concurrency,")
+	fmt.Fprintln(w, "measured right after it. CPU is per operation, warmup included, of this tool, the server and PostgreSQL.")
 	fmt.Fprintln(w, "A lifecycle operation is a whole task's flow of 6 RPCs (Get miss, claim, Put, release, 2 Gets).")
 	for _, workload := range bench.Workloads {
 		rows := filter(results, func(r bench.Result) bool { return r.Workload == workload })
@@ -134,8 +135,8 @@ func writeGenerated(w io.Writer, info Info, results []bench.Result, svg string) 
 			continue
 		}
 		fmt.Fprintf(w, "\n#### %s\n\n", workload)
-		fmt.Fprintln(w, "| protocol | conc | ops/s | p50 | p90 | p99 | max | errors | × pgx | server RSS MiB |")
-		fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|---|--:|--:|")
+		fmt.Fprintln(w, "| protocol | conc | ops/s | p50 | p90 | p99 | max | errors | × pgx | CPU µs/op client+server+db | server RSS MiB |")
+		fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|")
 		for _, r := range rows {
 			ratio, rssText := "", ""
 			if c, ok := find(results, r.Workload, bench.Ceiling, r.Concurrency); ok && r.Protocol != bench.Ceiling && c.OpsPerSec > 0 {
@@ -144,8 +145,8 @@ func writeGenerated(w io.Writer, info Info, results []bench.Result, svg string) 
 			if r.ServerRSSMiB > 0 {
 				rssText = fmt.Sprintf("%.1f", r.ServerRSSMiB)
 			}
-			fmt.Fprintf(w, "| %s | %d | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |\n",
-				r.Protocol, r.Concurrency, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, errorText(r), ratio, rssText)
+			fmt.Fprintf(w, "| %s | %d | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n",
+				r.Protocol, r.Concurrency, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, errorText(r), ratio, cpuText(r), rssText)
 		}
 	}
 	fmt.Fprintln(w)
