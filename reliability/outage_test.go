@@ -51,10 +51,23 @@ func startOwnPostgres(t *testing.T) *embeddedpg.Server {
 // signalling the postmaster's process group would miss them.
 func signalPostgres(t *testing.T, postmaster int, sig syscall.Signal) {
 	t.Helper()
-	pids := append([]int{postmaster}, childrenOf(postmaster)...)
-	for _, pid := range pids {
-		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-			t.Fatalf("signal postgres process %d: %v", pid, err)
+	// The postmaster first, so it forks no backend we would miss; then its
+	// children, listed again until a pass finds none new (one forked just
+	// before the postmaster stopped shows up late).
+	signaled := map[int]bool{}
+	pending := []int{postmaster}
+	for pass := 0; len(pending) > 0 && pass < 20; pass++ {
+		for _, pid := range pending {
+			if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+				t.Fatalf("signal postgres process %d: %v", pid, err)
+			}
+			signaled[pid] = true
+		}
+		pending = nil
+		for _, pid := range childrenOf(postmaster) {
+			if !signaled[pid] {
+				pending = append(pending, pid)
+			}
 		}
 	}
 }
