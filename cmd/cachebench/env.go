@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -40,10 +41,11 @@ type envConfig struct {
 // env is the system under test.
 type env struct {
 	baseURL     string
-	databaseURL string // empty when the ceiling cannot run
-	serverPID   int    // the server's process, when it is a separate one
-	dbPID       int    // the embedded database's postmaster, when started here
-	serverKind  string // how the server runs, for the report
+	databaseURL string          // empty when the ceiling cannot run
+	serverPID   int             // the server's process, when it is a separate one
+	dbPID       int             // the embedded database's postmaster, when started here
+	serverDone  <-chan struct{} // closed when a separate server process exits
+	serverKind  string          // how the server runs, for the report
 	closers     []func()
 }
 
@@ -141,15 +143,27 @@ func (e *env) execServer(ctx context.Context, cfg envConfig, addr string) error 
 	cmd := exec.Command(bin, append(args, cfg.serverArgs...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	started, exited := make(chan error, 1), make(chan struct{})
+	go func() {
+		// Pdeathsig fires when the thread that started the child ends, not
+		// this process, and the Go runtime may retire threads: this
+		// goroutine keeps its thread until the child is gone.
+		runtime.LockOSThread()
+		defer close(exited)
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
-	e.serverPID = cmd.Process.Pid
+	e.serverPID, e.serverDone = cmd.Process.Pid, exited
 	e.serverKind = fmt.Sprintf("separate process (%s)", kind)
 	e.closers = append(e.closers, func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
 		select {
 		case <-exited:
 		case <-time.After(15 * time.Second):

@@ -230,6 +230,11 @@ func measure(ctx context.Context, opts *options, stderr io.Writer) ([]bench.Resu
 					cfg.Progress = stderr
 				}
 				r, err := runOne(ctx, b, e, ceiling, cfg, rss)
+				select {
+				case <-e.serverDone:
+					err = errors.Join(err, errors.New("the server process exited during the run"))
+				default:
+				}
 				if err != nil {
 					return nil, info, fmt.Errorf("%s over %s at concurrency %d: %w", workload, protocol, c, err)
 				}
