@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,21 +19,26 @@ import (
 	"github.com/cacheservice/cacheservice/cmd/cachebench/internal/benchreport"
 )
 
-// serverBin is the cacheservice binary the tests run, built once.
-var serverBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "cachebench-test-bin-")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	return buildServer(ctx, dir)
-})
+// binDir holds the cacheservice binary the tests run, built once by the
+// first test that needs it.
+var (
+	binDir    string
+	serverBin = sync.OnceValues(func() (string, error) {
+		dir, err := os.MkdirTemp("", "cachebench-test-bin-")
+		if err != nil {
+			return "", err
+		}
+		binDir = dir
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		return buildServer(ctx, dir)
+	})
+)
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin, err := serverBin(); err == nil {
-		os.RemoveAll(filepath.Dir(bin))
+	if binDir != "" {
+		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
@@ -218,5 +224,61 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJSONKeepsEveryResult writes synthetic results as run and report do,
+// and reads them back unchanged.
+func TestJSONKeepsEveryResult(t *testing.T) {
+	t.Parallel()
+	results := []bench.Result{
+		{Workload: bench.GetHit, Protocol: bench.GRPC, Concurrency: 64, Ops: 1000, Seconds: 1, OpsPerSec: 1000,
+			RPCsPerOp: 1, P50: 0.5, P90: 0.9, P99: 1.5, Max: 3, AllOps: 1200, ServerRSSMiB: 30, ClientCPU: 50, ServerCPU: 100, DBCPU: 40},
+		{Workload: bench.ClaimContended, Protocol: bench.Ceiling, Concurrency: 1, Ops: 10, Owners: 1,
+			Errors: map[string]int64{"unavailable": 2}},
+	}
+	path := filepath.Join(t.TempDir(), "out.json")
+	if err := writeJSON(path, results); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []bench.Result
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, results) {
+		t.Errorf("read back %+v, want %+v", back, results)
+	}
+	for _, key := range []string{`"server_cpu_us_per_op": 100`, `"p99_ms": 1.5`, `"owners": 1`} {
+		if !strings.Contains(string(data), key) {
+			t.Errorf("JSON lacks %s:\n%s", key, data)
+		}
+	}
+}
+
+// TestFlagsRefuseWhatCannotRun checks the usage errors, which start nothing.
+func TestFlagsRefuseWhatCannotRun(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "usage"},
+		{[]string{"serve"}, "usage"}, // the in-process server is gone
+		{[]string{"run", "--target", "http://127.0.0.1:1", "--server-bin", "x"}, "exclude each other"},
+		{[]string{"run", "--protocol", "smoke-signals"}, `unknown name "smoke-signals"`},
+		{[]string{"run", "--concurrency", "0"}, "concurrency"},
+		{[]string{"compare", "--baseline", "a"}, "--baseline and --candidate"},
+		{[]string{"compare", "--baseline", "a", "--candidate", "b", "--protocol", "pgx"}, `unknown name "pgx"`},
+		{[]string{"compare", "--baseline", "a", "--candidate", "b", "--rounds", "0"}, "--rounds"},
+		{[]string{"compare", "--baseline", "a", "--candidate", "b", "--target", "http://127.0.0.1:1"}, "not defined"},
+	} {
+		err := run(t.Context(), c.args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want one containing %q", c.args, err, c.want)
+		}
 	}
 }
