@@ -1,7 +1,7 @@
 // Package benchreport turns cachebench results into what people read: the
 // table on a terminal, the generated part of docs/BENCHMARKS.md with the
-// targets checked against the measurements, and the SVG chart. It measures
-// nothing itself.
+// targets checked against the measurements, the SVG chart, and compare's
+// side-by-side of two builds. It measures nothing itself.
 package benchreport
 
 import (
