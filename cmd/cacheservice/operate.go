@@ -50,14 +50,15 @@ func newOperations(ctx context.Context, cfg Config, db *database, logger *slog.L
 	return ops, nil
 }
 
-// interceptors returns the API's interceptors, outermost first: the trace
-// span encloses everything, metrics time the rest; inner ones follow.
-func (ops *operations) interceptors(inner ...connect.Interceptor) []connect.Interceptor {
+// interceptors returns the operators' interceptors, outermost first: the
+// trace span encloses everything, metrics time the rest. The edge puts
+// its own (the failure log, validation) inside them.
+func (ops *operations) interceptors() []connect.Interceptor {
 	var out []connect.Interceptor
 	if ops.tracing != nil {
 		out = append(out, ops.tracing.Interceptor())
 	}
-	return append(append(out, ops.metrics.Interceptor()), inner...)
+	return append(out, ops.metrics.Interceptor())
 }
 
 // sweepConfig is the sweeper's part of the configuration.
