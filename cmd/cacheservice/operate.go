@@ -61,16 +61,6 @@ func (ops *operations) interceptors() []connect.Interceptor {
 	return append(out, ops.metrics.Interceptor())
 }
 
-// sweepConfig is the sweeper's part of the configuration.
-func (ops *operations) sweepConfig() manager.SweepConfig {
-	sc := manager.DefaultSweepConfig()
-	sc.Interval = ops.cfg.SweepInterval
-	sc.ReservationRetention = ops.cfg.ReservationRetention
-	sc.EntryTTL = ops.cfg.EntryTTL
-	sc.BatchSize = ops.cfg.SweepBatchSize
-	return sc
-}
-
 // start mounts /metrics (and pprof when enabled) on mux, or on a listener
 // of their own when --metrics-addr is set, and starts the sweeper; both
 // stop when ctx ends. stop waits for them.
@@ -94,8 +84,8 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	if ops.cfg.SweepInterval > 0 {
-		ops.background.Go(func() { m.RunSweeper(ctx, ops.sweepConfig(), time.Now) })
+	if ops.cfg.Sweep.Interval > 0 {
+		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep, time.Now) })
 	}
 	return nil
 }

@@ -28,11 +28,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	if err != nil {
 		return err
 	}
-	m := manager.New(db.store, manager.Config{
-		MaxHeartbeat:    cfg.MaxHeartbeat,
-		GraceMultiplier: cfg.GraceMultiplier,
-		MaxInlineBytes:  cfg.MaxInlineBytes,
-	}, logger, manager.WithObserver(ops.metrics))
+	m := manager.New(db.store, cfg.Manager, logger, manager.WithObserver(ops.metrics))
 
 	// The API edge answers everything but the operator endpoints that
 	// ops.start mounts beside it.
