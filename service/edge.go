@@ -85,8 +85,9 @@ func serviceNames() []string {
 // whatever operator endpoints it serves beside (metrics, pprof).
 //
 // Interceptors run in this order, outermost first: opts.Interceptors
-// (tracing, metrics), the failed-request log, then protovalidate just
-// before the handler.
+// (tracing, metrics), the failed-request log, the mapping of a gone
+// client's bare context error to canceled, then protovalidate just before
+// the handler.
 func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -94,7 +95,8 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...), logFailures(opts.Logger))
+	// clientGone is inside the log and the metrics, which see its codes.
+	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...), logFailures(opts.Logger), clientGone())
 	handlerOpts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(opts.MaxRequestBytes),
 		connect.WithInterceptors(interceptors...),
