@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,20 +19,18 @@ func (m *Manager) Get(ctx context.Context, req *cachev1.GetRequest) (*cachev1.Ge
 }
 
 // Put stores an output. An existing entry is replaced only when overwrite is
-// set, or when max_age is set and the entry was last updated before now
-// minus max_age; otherwise ALREADY_EXISTS. A replaced entry keeps its
-// created_at. The decision and the write are one statement in the store.
-func (m *Manager) Put(ctx context.Context, now time.Time, req *cachev1.PutRequest) (*cachev1.PutResponse, error) {
-	now = dbTime(now)
+// set, or when max_age is set and the entry was last updated more than
+// max_age ago; otherwise ALREADY_EXISTS. A replaced entry keeps its
+// created_at. The decision and the write are one statement in the store,
+// timed by the database's clock.
+func (m *Manager) Put(ctx context.Context, req *cachev1.PutRequest) (*cachev1.PutResponse, error) {
 	out := req.GetOutput()
 	e := store.Entry{
 		ID:            idOf(req.GetScope(), req.GetKey()),
 		SourceName:    out.GetMetadata().GetSource().GetName(),
 		SourceVersion: out.GetMetadata().GetSource().GetVersion(),
 		Labels:        out.GetMetadata().GetLabels(),
-		// Timestamps are the server's; whatever the client sent is ignored.
-		CreatedAt:     now,
-		LastUpdatedAt: now,
+		// Timestamps are the database's; whatever the client sent is ignored.
 	}
 	switch v := out.GetValue().(type) {
 	case *cachev1.CachedOutput_Uri:
@@ -52,7 +49,7 @@ func (m *Manager) Put(ctx context.Context, now time.Time, req *cachev1.PutReques
 		if err != nil {
 			return nil, err
 		}
-		replace.UpdatedBefore = now.Add(-maxAge)
+		replace.OlderThan = maxAge
 	}
 	if err := m.store.PutEntry(ctx, e, replace); err != nil {
 		return nil, m.toConnectError(ctx, "put", err)

@@ -1,14 +1,18 @@
 package manager_test
 
 import (
+	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
@@ -59,7 +63,8 @@ type observedBundle struct {
 
 func setupObserved(t *testing.T) *observedBundle {
 	t.Helper()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 40, Timeout: 30 * time.Second})
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 40, Timeout: 30 * time.Second, LockTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -67,7 +72,7 @@ func setupObserved(t *testing.T) *observedBundle {
 	rec := &recorder{}
 	cfg := manager.DefaultConfig()
 	m := manager.New(st, cfg, nil, manager.WithObserver(rec))
-	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg}, rec: rec, pool: st.Pool()}
+	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg, store: st, url: url}, rec: rec, pool: st.Pool()}
 }
 
 func TestReservationOutcomesAreObserved(t *testing.T) {
@@ -79,10 +84,10 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		do   func()
 		want manager.Outcome
 	}{
-		{"first claim", func() { b.claim(t, t0, "k", "w1", hb) }, manager.OutcomeAcquired},
-		{"holder claims again", func() { b.claim(t, t0.Add(time.Second), "k", "w1", hb) }, manager.OutcomeExtended},
-		{"another claims in time", func() { b.claim(t, t0.Add(2*time.Second), "k", "w2", hb) }, manager.OutcomeHeldByAnother},
-		{"another claims after expiry", func() { b.claim(t, t0.Add(time.Minute), "k", "w2", hb) }, manager.OutcomeTakenOver},
+		{"first claim", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeAcquired},
+		{"holder claims again", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeExtended},
+		{"another claims in time", func() { b.claim(t, "k", "w2", hb) }, manager.OutcomeHeldByAnother},
+		{"another claims after expiry", func() { b.shiftClock(t, time.Minute); b.claim(t, "k", "w2", hb) }, manager.OutcomeTakenOver},
 		{"old holder releases", func() { b.release(t, "k", "w1") }, manager.OutcomeReleaseNotHeld},
 		{"holder releases", func() { b.release(t, "k", "w2") }, manager.OutcomeReleased},
 		{"release of nothing", func() { b.release(t, "k", "w2") }, manager.OutcomeReleaseNotHeld},
@@ -92,5 +97,40 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		if got := b.rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{step.want}) {
 			t.Errorf("%s: observed %v, want [%v]", step.name, got, step.want)
 		}
+	}
+}
+
+// TestLockTimeoutIsUnavailableAndObserved holds a reservation row from
+// another session: a claim on it gives up after the store's lock timeout
+// with unavailable and a message that says to retry and leaks nothing, and
+// the observer counts it as lock_timeout (issue 8, defect 10).
+func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	rec := &recorder{}
+	b := &testBundle{ctx: t.Context(), manager: manager.New(st, manager.DefaultConfig(), nil, manager.WithObserver(rec)), store: st, url: url}
+	b.claim(t, "k", "w1", nil)
+	rec.takeOutcomes()
+
+	tx, err := st.Pool().Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // ends the outside lock
+	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM reservations WHERE key = 'k' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w2"})
+	wantCode(t, err, connect.CodeUnavailable)
+	if msg := err.Error(); !strings.Contains(msg, "retry") || strings.Contains(msg, "lock_timeout") || strings.Contains(msg, "SQLSTATE") {
+		t.Errorf("message %q: want a safe one that says to retry", msg)
+	}
+	if got := rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{manager.OutcomeLockTimeout}) {
+		t.Errorf("observed %v, want [lock_timeout]", got)
 	}
 }

@@ -185,19 +185,18 @@ func (b *testBundle) populate(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	now := time.Now().UTC().Truncate(time.Microsecond)
 	for _, e := range []store.Entry{
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}, CreatedAt: now, LastUpdatedAt: now},
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t", CreatedAt: now, LastUpdatedAt: now},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t"},
 	} {
 		if err := b.store.PutEntry(ctx, e, store.Replace{Always: true}); err != nil {
 			t.Fatalf("populate entry: %v", err)
 		}
 	}
 	err := b.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, store.Reservation{
+		_, err := tx.ClaimReservation(ctx, store.Claim{
 			ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "held"}, OwnerID: "w1",
-			HeartbeatInterval: time.Hour, ExpiresAt: now.Add(24 * time.Hour),
+			HeartbeatInterval: time.Hour, Lease: 24 * time.Hour,
 		})
 		return err
 	})

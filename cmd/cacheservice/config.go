@@ -12,6 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // envPrefix namespaces the environment variable of every flag:
@@ -31,8 +34,12 @@ type Config struct {
 	DBMaxConns int32
 	// DBTimeout bounds every database call.
 	DBTimeout time.Duration
+	// LockTimeout bounds a claim's wait for a row lock.
+	LockTimeout time.Duration
 	// MaxHeartbeat is the longest reservation heartbeat granted.
 	MaxHeartbeat time.Duration
+	// MinHeartbeat is the shortest reservation heartbeat a client may ask for.
+	MinHeartbeat time.Duration
 	// GraceMultiplier is how many heartbeats a reservation outlives.
 	GraceMultiplier float64
 	// MaxInlineBytes bounds an inline output.
@@ -92,8 +99,10 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.StringVar(&cfg.DataDir, "data-dir", ".cacheservice", "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
 	fs.IntVar(&maxConns, "db-max-conns", 10, "maximum open database connections")
 	fs.DurationVar(&cfg.DBTimeout, "db-timeout", 5*time.Second, "deadline of every database call")
-	fs.DurationVar(&cfg.MaxHeartbeat, "max-heartbeat", 10*time.Second, "longest reservation heartbeat interval granted, and the one given when a request sets none")
-	fs.Float64Var(&cfg.GraceMultiplier, "grace-multiplier", 3, "heartbeat intervals a reservation lives without being extended (at least 1)")
+	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", store.DefaultConfig().LockTimeout, "longest wait of a claim for a reservation's row lock before it answers unavailable; below --db-timeout")
+	fs.DurationVar(&cfg.MaxHeartbeat, "max-heartbeat", 10*time.Second, "longest reservation heartbeat interval granted, and the one given when a request sets none (at most 24h)")
+	fs.DurationVar(&cfg.MinHeartbeat, "min-heartbeat", manager.DefaultConfig().MinHeartbeat, "shortest reservation heartbeat interval a request may set; shorter is invalid_argument")
+	fs.Float64Var(&cfg.GraceMultiplier, "grace-multiplier", 3, "heartbeat intervals a reservation lives without being extended (1 to 100)")
 	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
@@ -124,6 +133,11 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	}
 	if err := applyEnv(fs, env); err != nil {
 		return Config{}, err
+	}
+	if !isSet(fs, "lock-timeout") {
+		// The default must stay below a short --db-timeout, or setting that
+		// alone would be refused.
+		cfg.LockTimeout = min(cfg.LockTimeout, cfg.DBTimeout/2)
 	}
 	if maxConns < 1 || maxConns > math.MaxInt32 {
 		return Config{}, fmt.Errorf("%s must be at least 1, got %d", opt("db-max-conns"), maxConns)
@@ -163,6 +177,14 @@ func applyEnv(fs *flag.FlagSet, env lookupEnv) error {
 	return err
 }
 
+// isSet reports whether a flag was given, on the command line or by its
+// environment variable.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -179,11 +201,13 @@ func (c Config) validate() error {
 	_, _, err := net.SplitHostPort(c.Addr)
 	check(err == nil, "%s %q: want host:port, such as 127.0.0.1:8094", opt("addr"), c.Addr)
 	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
-	check(c.DBTimeout > 0, "%s must be positive, got %v", opt("db-timeout"), c.DBTimeout)
-	check(c.MaxHeartbeat > 0, "%s must be positive, got %v", opt("max-heartbeat"), c.MaxHeartbeat)
-	check(c.GraceMultiplier >= 1 && !math.IsInf(c.GraceMultiplier, 0),
-		"%s must be a finite number of at least 1, got %v", opt("grace-multiplier"), c.GraceMultiplier)
-	check(c.MaxInlineBytes > 0, "%s must be positive, got %d", opt("max-inline-bytes"), c.MaxInlineBytes)
+	// The bounds of the manager's, store's and sweeper's settings are
+	// theirs; here they only learn the flag's full name.
+	errs = append(errs, flagErrors(
+		store.Config{Timeout: c.DBTimeout, LockTimeout: c.LockTimeout}.Validate(),
+		manager.Config{MaxHeartbeat: c.MaxHeartbeat, MinHeartbeat: c.MinHeartbeat, GraceMultiplier: c.GraceMultiplier, MaxInlineBytes: c.MaxInlineBytes}.Validate(),
+		manager.SweepConfig{Interval: c.SweepInterval, ReservationRetention: c.ReservationRetention, EntryTTL: c.EntryTTL, BatchSize: c.SweepBatchSize}.Validate(),
+	)...)
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
@@ -192,12 +216,30 @@ func (c Config) validate() error {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)
 		check(err == nil, "%s %q: want host:port, such as 127.0.0.1:9090", opt("metrics-addr"), c.MetricsAddr)
 	}
-	check(c.SweepInterval >= 0, "%s must not be negative, got %v", opt("sweep-interval"), c.SweepInterval)
-	check(c.ReservationRetention >= 0, "%s must not be negative, got %v", opt("reservation-retention"), c.ReservationRetention)
-	check(c.EntryTTL >= 0, "%s must not be negative, got %v", opt("entry-ttl"), c.EntryTTL)
-	check(c.SweepBatchSize >= 1, "%s must be at least 1, got %d", opt("sweep-batch-size"), c.SweepBatchSize)
 	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
 	return errors.Join(errs...)
+}
+
+// flagErrors rewrites the bound errors of the packages' Validate functions
+// (store.SettingErrors, joined) to name the flag and its variable.
+func flagErrors(validated ...error) []error {
+	var out []error
+	for _, err := range validated {
+		if err == nil {
+			continue
+		}
+		list := []error{err}
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			list = joined.Unwrap()
+		}
+		for _, e := range list {
+			if se, ok := errors.AsType[*store.SettingError](e); ok {
+				e = fmt.Errorf("%s %s", opt(se.Setting), se.Problem)
+			}
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // opt names a flag and its environment variable for a message.

@@ -54,7 +54,7 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		url = db.embedded.ConnString(embeddedpg.DefaultDatabase)
 	}
 
-	db.store, err = store.Open(ctx, store.Config{URL: url, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout})
+	db.store, err = store.Open(ctx, store.Config{URL: url, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout, LockTimeout: cfg.LockTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}

@@ -37,6 +37,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	}
 	m := manager.New(db.store, manager.Config{
 		MaxHeartbeat:    cfg.MaxHeartbeat,
+		MinHeartbeat:    cfg.MinHeartbeat,
 		GraceMultiplier: cfg.GraceMultiplier,
 		MaxInlineBytes:  cfg.MaxInlineBytes,
 	}, logger, manager.WithObserver(ops.metrics))
