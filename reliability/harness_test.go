@@ -41,6 +41,7 @@ const maxRequestBytes = 4 << 20
 // testBundle is one in-process server on loopback over a fresh database.
 type testBundle struct {
 	baseURL string
+	manager *manager.Manager
 	store   *store.Store
 	pool    *pgxpool.Pool // the server's pool, for its statistics
 	admin   *pgxpool.Pool // the test's own connections, for inspecting the database
@@ -51,16 +52,21 @@ type testBundle struct {
 }
 
 // setup starts CacheService as cmd/cacheservice mounts it (the request size
-// limit included) on 127.0.0.1, over a new database.
-func setup(t testing.TB, cfg manager.Config) *testBundle {
+// limit included) on 127.0.0.1, over a new database. storeOpts change the
+// store's configuration.
+func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *testBundle {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
-	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second})
+	sc := store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second}
+	for _, opt := range storeOpts {
+		opt(&sc)
+	}
+	st, err := store.Open(t.Context(), sc)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { closeBounded(t, "server's pool", st.Close) })
-	admin, err := pgxpool.New(t.Context(), url)
+	admin, err := pgxpool.New(t.Context(), sc.URL)
 	if err != nil {
 		t.Fatalf("open admin pool: %v", err)
 	}
@@ -77,6 +83,7 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 
 	b := &testBundle{
 		baseURL: srv.URL,
+		manager: m,
 		store:   st,
 		pool:    st.Pool(),
 		admin:   admin,

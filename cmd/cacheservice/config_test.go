@@ -29,7 +29,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		DataDir:         ".cacheservice",
 		DBMaxConns:      10,
 		DBTimeout:       5 * time.Second,
-		LockTimeout:     time.Second,
+		LockTimeout:     2 * time.Second,
 		MaxHeartbeat:    10 * time.Second,
 		MinHeartbeat:    100 * time.Millisecond,
 		GraceMultiplier: 3,
@@ -79,7 +79,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 		{"lock and heartbeat bounds", []string{"--lock-timeout=300ms", "--min-heartbeat=1s"}, nil,
 			func(c Config) bool { return c.LockTimeout == 300*time.Millisecond && c.MinHeartbeat == time.Second }},
 		{"lock and heartbeat defaults", nil, nil,
-			func(c Config) bool { return c.LockTimeout == time.Second && c.MinHeartbeat == 100*time.Millisecond }},
+			func(c Config) bool { return c.LockTimeout == 2*time.Second && c.MinHeartbeat == 100*time.Millisecond }},
 		{"CORS origins", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000,"},
 			func(c Config) bool {
 				return reflect.DeepEqual(c.CORSAllowedOrigins, []string{"https://a.example.com", "http://localhost:3000"})
