@@ -21,9 +21,24 @@ import (
 // recorder is an Observer that remembers what it was told.
 type recorder struct {
 	mu        sync.Mutex
+	lookups   []bool
 	outcomes  []manager.Outcome
 	sweeps    []manager.SweepResult
 	sweepErrs []error
+}
+
+func (r *recorder) ObserveLookup(hit bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lookups = append(r.lookups, hit)
+}
+
+func (r *recorder) takeLookups() []bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.lookups
+	r.lookups = nil
+	return out
 }
 
 func (r *recorder) ObserveReservation(o manager.Outcome) {
@@ -132,5 +147,39 @@ func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
 	}
 	if got := rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{manager.OutcomeLockTimeout}) {
 		t.Errorf("observed %v, want [lock_timeout]", got)
+	}
+}
+
+func TestLookupsAreObservedAsHitOrMiss(t *testing.T) {
+	t.Parallel()
+	b := setupObserved(t)
+	get := func(ctx context.Context) error {
+		_, err := b.manager.Get(ctx, &cachev1.GetRequest{Scope: scope(), Key: "k"})
+		return err
+	}
+	if err := get(b.ctx); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("get missing: %v", err)
+	}
+	if got := b.rec.takeLookups(); !slices.Equal(got, []bool{false}) {
+		t.Errorf("after a miss: observed %v, want [false]", got)
+	}
+	if err := b.put(t, &cachev1.PutRequest{Scope: scope(), Key: "k",
+		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://b/k"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(b.ctx); err != nil {
+		t.Fatalf("get stored: %v", err)
+	}
+	if got := b.rec.takeLookups(); !slices.Equal(got, []bool{true}) {
+		t.Errorf("after a hit: observed %v, want [true]", got)
+	}
+	// A Get the database never answered is neither.
+	ctx, cancel := context.WithCancel(b.ctx)
+	cancel()
+	if err := get(ctx); connect.CodeOf(err) != connect.CodeCanceled {
+		t.Fatalf("get with a cancelled context: %v", err)
+	}
+	if got := b.rec.takeLookups(); len(got) != 0 {
+		t.Errorf("after a cancelled Get: observed %v, want nothing", got)
 	}
 }

@@ -36,12 +36,11 @@ func TestMain(m *testing.M) {
 
 // maxRequestBytes is the request limit the server binary applies by default;
 // the in-process server applies the same.
-const maxRequestBytes = 4 << 20
+const maxRequestBytes = service.DefaultMaxRequestBytes
 
 // testBundle is one in-process server on loopback over a fresh database.
 type testBundle struct {
 	baseURL string
-	manager *manager.Manager
 	store   *store.Store
 	pool    *pgxpool.Pool // the server's pool, for its statistics
 	admin   *pgxpool.Pool // the test's own connections, for inspecting the database
@@ -51,9 +50,9 @@ type testBundle struct {
 	logs    *logRecorder
 }
 
-// setup starts CacheService as cmd/cacheservice mounts it (the request size
-// limit included) on 127.0.0.1, over a new database. storeOpts change the
-// store's configuration.
+// setup starts the server's HTTP edge, as cmd/cacheservice serves it (the
+// request size limit included), on 127.0.0.1 over a new database.
+// storeOpts change the store's configuration.
 func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *testBundle {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
@@ -73,9 +72,7 @@ func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *
 	t.Cleanup(admin.Close)
 	logs := &logRecorder{}
 	m := manager.New(st, cfg, slog.New(logs))
-	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(m, connect.WithReadMaxBytes(maxRequestBytes)))
-	srv := httptest.NewUnstartedServer(mux)
+	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes}))
 	srv.Config.Protocols = protocols()
 	srv.Config.ReadHeaderTimeout = 5 * time.Second
 	srv.Start()
@@ -83,7 +80,6 @@ func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *
 
 	b := &testBundle{
 		baseURL: srv.URL,
-		manager: m,
 		store:   st,
 		pool:    st.Pool(),
 		admin:   admin,

@@ -3,16 +3,15 @@ package reliability
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/grpchealth"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/manager"
-	"github.com/cacheservice/cacheservice/service"
 	"github.com/cacheservice/cacheservice/store"
 )
 
@@ -69,9 +68,14 @@ func TestRowLockedFromOutsideKeepsOtherKeysServed(t *testing.T) {
 			t.Errorf("get %d of another key while a row was locked: %v", i, getErrs[i])
 		}
 	}
-	health, err := service.NewReadiness(b.manager, service.ReadinessConfig{}, nil).Check(t.Context(), &grpchealth.CheckRequest{})
-	if err != nil || health.Status != grpchealth.StatusServing {
-		t.Errorf("readiness while a row was locked: %v, %v; want serving", health, err)
+	// Readiness, as a load balancer probes it, through the same edge.
+	ready, err := b.http1.Get(b.baseURL + "/readyz")
+	if err != nil {
+		t.Fatalf("readiness while a row was locked: %v", err)
+	}
+	ready.Body.Close()
+	if ready.StatusCode != http.StatusOK {
+		t.Errorf("readiness while a row was locked: %s, want 200", ready.Status)
 	}
 	// Once the lock goes, the key is claimable again through the same pool.
 	if err := tx.Rollback(t.Context()); err != nil {

@@ -41,9 +41,9 @@ var (
 type Config struct {
 	// URL is a PostgreSQL connection string (URL or keyword/value form).
 	URL string
-	// MaxConns bounds the pool; zero keeps pgx's default.
+	// MaxConns bounds the pool; zero means the default.
 	MaxConns int32
-	// Timeout bounds every database call; zero means 5s.
+	// Timeout bounds every database call; zero means the default.
 	Timeout time.Duration
 	// LockTimeout bounds each wait for a row lock inside a transaction
 	// (a claim), below Timeout, so that one row held from outside cannot
@@ -58,7 +58,9 @@ const (
 	MinLockTimeout         = time.Millisecond
 )
 
-// DefaultConfig returns the defaults of the settings that have them.
+// DefaultConfig returns the pool's defaults (no URL): ten connections, five
+// seconds for a database call, after which a cache is better off answering
+// unavailable than holding its caller, and two for a lock wait.
 //
 // The lock timeout was measured: 64 clients claiming one key at once,
 // through a pool of 64 connections so that all of them queue on the row
@@ -108,21 +110,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// ParseConfigError redacts passwords, but say no more than needed.
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	if cfg.MaxConns > 0 {
-		poolCfg.MaxConns = cfg.MaxConns
+	def := DefaultConfig()
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = def.MaxConns
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
+	}
+	poolCfg.MaxConns = cfg.MaxConns
 	// Connections stay open across bursts instead of being re-dialled per
 	// request; pgx's default idle time (30m) and health checks keep them.
 	poolCfg.MinConns = min(poolCfg.MaxConns, 2)
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
-	return &Store{pool: pool, timeout: timeout, lockTimeout: cfg.LockTimeout}, nil
+	return &Store{pool: pool, timeout: cfg.Timeout, lockTimeout: cfg.LockTimeout}, nil
 }
 
 // Close closes every connection of the pool.
