@@ -1,7 +1,11 @@
 // Package store persists cache entries and reservations in PostgreSQL with
 // pgx. It owns the SQL, the schema and its migrations, transactions and row
-// locks. It holds no policy: what may be replaced, who may claim a
-// reservation and which error code a caller sees are the manager's.
+// locks, and the one clock: every time that decides something is read in
+// SQL from cache_now() (migration 003), never passed in. It holds no policy
+// of its own: the manager says what may be replaced, for how long a lease
+// is granted and which error code a caller sees. The one rule written in SQL
+// is DESIGN.md's claim rule (the holder, or anyone once it expired), since
+// it must be judged by the database's clock after the row lock is held.
 package store
 
 import (
