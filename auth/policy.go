@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -69,7 +70,7 @@ type policy struct {
 }
 
 type tokenPrincipal struct {
-	sha256    [32]byte
+	words     [4]uint64 // the token's SHA-256
 	principal *Principal
 }
 
@@ -78,19 +79,32 @@ type networkPrincipal struct {
 	principal *Principal
 }
 
-// byTokenHash returns the principal whose token has this SHA-256. Every entry
-// is compared, in constant time, so that how long it takes says nothing about
-// which hash (or how much of it) matched.
+// byTokenHash returns the principal whose token has this SHA-256. Every
+// entry is compared, without branching on the bytes, so how long it takes
+// says nothing about which hash (or how much of one) matched. A word-wise
+// XOR keeps each comparison to a few nanoseconds, so even a few hundred
+// token principals stay well under a microsecond.
 func (p *policy) byTokenHash(sum *[32]byte) *Principal {
+	w := hashWords(sum)
 	found := -1
 	for i := range p.tokens {
-		eq := subtle.ConstantTimeCompare(sum[:], p.tokens[i].sha256[:])
+		t := &p.tokens[i].words
+		diff := (w[0] ^ t[0]) | (w[1] ^ t[1]) | (w[2] ^ t[2]) | (w[3] ^ t[3])
+		// 1 when diff is zero, else 0, computed without a branch.
+		eq := int(((diff | -diff) >> 63) ^ 1)
 		found = subtle.ConstantTimeSelect(eq, i, found)
 	}
 	if found < 0 {
 		return nil
 	}
 	return p.tokens[found].principal
+}
+
+func hashWords(sum *[32]byte) [4]uint64 {
+	return [4]uint64{
+		binary.LittleEndian.Uint64(sum[0:]), binary.LittleEndian.Uint64(sum[8:]),
+		binary.LittleEndian.Uint64(sum[16:]), binary.LittleEndian.Uint64(sum[24:]),
+	}
 }
 
 // byAddr returns the principal whose network holds addr, the most specific
@@ -195,7 +209,7 @@ func parsePolicy(data []byte) (*policy, error) {
 				return nil, fail([]any{"token_sha256"}, "same token as principal %q", other)
 			}
 			tokens[sum] = fp.Name
-			p.tokens = append(p.tokens, tokenPrincipal{sha256: sum, principal: pr})
+			p.tokens = append(p.tokens, tokenPrincipal{words: hashWords(&sum), principal: pr})
 		}
 		for j, cidr := range fp.Networks {
 			prefix, err := netip.ParsePrefix(strings.TrimSpace(cidr))

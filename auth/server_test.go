@@ -55,7 +55,7 @@ func baseFile() string {
 
 var testScope = &cachev1.Scope{Org: "acme", Project: "ml", Domain: "production"}
 
-func writeFile(t *testing.T, path, content string) string {
+func writeFile(t testing.TB, path, content string) string {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func (b *syncBuffer) String() string {
 
 // newAuthenticator writes content as the auth file and builds an
 // Authenticator logging as JSON into the returned buffer.
-func newAuthenticator(t *testing.T, content string, edit func(*Config)) (*Authenticator, *syncBuffer) {
+func newAuthenticator(t testing.TB, content string, edit func(*Config)) (*Authenticator, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	cfg := Config{
