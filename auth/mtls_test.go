@@ -168,4 +168,26 @@ func TestMTLSIdentities(t *testing.T) {
 			t.Fatal("handler reached")
 		}
 	})
+	t.Run("an unverified certificate names no one", func(t *testing.T) {
+		t.Parallel()
+		// A server that asks for certificates without verifying them: the
+		// rogue certificate claims the SPIFFE worker's identity, and must
+		// count for nothing (the loopback network, read only, decides).
+		url, rec := startServer(t, a, &tls.Config{
+			Certificates: []tls.Certificate{ca.issue(t, "server", nil, true)},
+			ClientAuth:   tls.RequestClientCert,
+			MinVersion:   tls.VersionTLS12,
+		})
+		client := newClient(t, url, false, nil, &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &forged, nil }})
+		if err := put.call(t.Context(), client, "unverified", http.Header{}); connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Fatalf("Put with an unverified certificate: %v, want permission_denied", err)
+		}
+		if err := get.call(t.Context(), client, "unverified-get", http.Header{}); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := rec.reached("unverified-get"); p == nil || p.Name != "loopback" {
+			t.Fatalf("handler saw %v, want loopback", p)
+		}
+	})
 }

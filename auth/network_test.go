@@ -98,6 +98,7 @@ func TestTrustedProxyForwardsTheClientAddress(t *testing.T) {
 		{"its grant still bounds it", proxyIP, xff("10.42.0.7"), put, connect.CodePermissionDenied},
 		{"through two trusted proxies", proxyIP, xff("10.42.0.7, 10.0.0.3"), get, 0},
 		{"header split over lines", proxyIP, xff("10.42.0.7", "10.0.0.3"), get, 0},
+		{"entries left of the client's are not read", proxyIP, xff("192.0.2.1, 10.42.0.7, 10.0.0.3"), get, 0},
 		// The client forged the leftmost entry; the proxy appended the real one.
 		{"forged entry left of the real one", proxyIP, xff("10.42.0.7, 192.0.2.1"), get, connect.CodeUnauthenticated},
 		{"garbled header", proxyIP, xff("10.42.0.7, not-an-ip"), get, connect.CodeUnauthenticated},
