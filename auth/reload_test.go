@@ -2,9 +2,11 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,5 +175,43 @@ cacheservice_auth_principals 4
 	}
 	if got := a.stats.failures[reasonUnknownToken].Load(); got != 1 {
 		t.Fatalf("unknown_token = %d", got)
+	}
+}
+
+// TestReloadUnderConcurrentCalls swaps between two files, both granting the
+// token, while clients check calls: every call sees one whole file or the
+// other, never none or a mix.
+func TestReloadUnderConcurrentCalls(t *testing.T) {
+	t.Parallel()
+	fileA, fileB := singleToken("writer-a", writeToken), singleToken("writer-b", writeToken)
+	a, _ := newAuthenticator(t, fileA, nil)
+	const workers, calls, reloads = 8, 300, 50
+	start := make(chan struct{})
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			<-start
+			req := &cachev1.GetRequest{Scope: testScope}
+			for range calls {
+				p, _, _, err := a.check(context.Background(), rpcs[0].procedure, bearer(writeToken), "127.0.0.1:1", nil, req)
+				if err != nil || (p.Name != "writer-a" && p.Name != "writer-b") {
+					errs <- fmt.Errorf("principal %v, err %v", p, err)
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	for i := range reloads {
+		writeFile(t, a.file, []string{fileB, fileA}[i%2])
+		if err := a.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
