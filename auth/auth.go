@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/cacheservice/cacheservice/auth/authfile"
 )
 
 // Config says where principals come from. cmd fills it from flags.
@@ -45,7 +47,7 @@ type Authenticator struct {
 	log            *slog.Logger
 	oidc           *oidcVerifier // nil without an issuer
 
-	policy   atomic.Pointer[policy]
+	policy   atomic.Pointer[authfile.File]
 	reloadMu sync.Mutex // one reload at a time
 	fileSum  [32]byte   // SHA-256 of the file in force, under reloadMu
 
@@ -88,12 +90,12 @@ func (a *Authenticator) Reload() error {
 	defer a.reloadMu.Unlock()
 	data, err := os.ReadFile(a.file)
 	if err == nil {
-		var p *policy
-		if p, err = parsePolicy(data); err == nil {
+		var p *authfile.File
+		if p, err = authfile.Parse(data); err == nil {
 			a.policy.Store(p)
 			a.fileSum = sha256.Sum256(data)
 			a.stats.reloaded(true)
-			a.log.Info("auth file loaded", "file", a.file, "principals", len(p.principals))
+			a.log.Info("auth file loaded", "file", a.file, "principals", p.Principals())
 			return nil
 		}
 	}
@@ -174,7 +176,7 @@ func (a *Authenticator) authenticate(ctx context.Context, header http.Header, pe
 		}
 		// The token's bytes are only read, so no copy is needed to hash them.
 		sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
-		if p := pol.byTokenHash(&sum); p != nil {
+		if p := pol.ByTokenHash(&sum); p != nil {
 			return p, reasonNone
 		}
 		if a.oidc == nil || !looksLikeJWT(token) {
@@ -184,7 +186,7 @@ func (a *Authenticator) authenticate(ctx context.Context, header http.Header, pe
 		if why != reasonNone {
 			return nil, why
 		}
-		if p := pol.oidc[id]; p != nil {
+		if p := pol.ByOIDCIdentity(id); p != nil {
 			return p, reasonNone
 		}
 		return nil, reasonUnknownIdentity
@@ -194,17 +196,17 @@ func (a *Authenticator) authenticate(ctx context.Context, header http.Header, pe
 		// alone may be anyone's.
 		leaf := state.VerifiedChains[0][0]
 		for _, u := range leaf.URIs {
-			if p := pol.mtls[u.String()]; p != nil {
+			if p := pol.ByMTLSIdentity(u.String()); p != nil {
 				return p, reasonNone
 			}
 		}
-		if p := pol.mtls[leaf.Subject.CommonName]; p != nil && leaf.Subject.CommonName != "" {
+		if p := pol.ByMTLSIdentity(leaf.Subject.CommonName); p != nil {
 			return p, reasonNone
 		}
 		return nil, reasonUnknownIdentity
 	}
 	if addr, ok := a.clientAddr(header, peer); ok {
-		if p := pol.byAddr(addr); p != nil {
+		if p := pol.ByAddr(addr); p != nil {
 			return p, reasonNone
 		}
 	}

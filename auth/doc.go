@@ -5,8 +5,9 @@
 // request's scope, in one Connect interceptor, before any handler runs (see
 // ../shared/DESIGN.md, "Access control").
 //
-// It owns the auth file, its reloading, the procedure-to-role table and the
-// audit line of deletes. It must not reach the manager or the store: a
+// It owns how credentials are verified, the auth file's reloading (package
+// authfile parses it), the procedure-to-role table and the audit line of
+// deletes. It must not reach the manager or the store: a
 // refused call touches nothing, and a caller learns nothing about scopes it
 // may not see.
 //

@@ -66,7 +66,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLastReload, prometheus.GaugeValue, float64(s.lastReloadOK.Load()))
 	principals := 0
 	if p := c.a.policy.Load(); p != nil {
-		principals = len(p.principals)
+		principals = p.Principals()
 	}
 	ch <- prometheus.MustNewConstMetric(descPrincipals, prometheus.GaugeValue, float64(principals))
 	jwts := 0

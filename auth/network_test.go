@@ -9,15 +9,6 @@ import (
 	"connectrpc.com/connect"
 )
 
-func mustAddr(t *testing.T, s string) netip.Addr {
-	t.Helper()
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 // networkFile adds principals matched by network to baseFile: the loopback
 // addresses 127.0.0.4 to 127.0.0.7 stand for an executor's pods, and
 // 10.42.0.0/16 for pods behind a proxy.

@@ -1,53 +1,25 @@
 package auth
 
 import (
-	"fmt"
-
+	"github.com/cacheservice/cacheservice/auth/authfile"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 )
 
-// Role is what a grant allows. Roles are ordered: each includes the ones
-// below it, so a check is one comparison.
-type Role uint8
-
-const (
-	// RoleNone is no role: the zero value, never granted.
-	RoleNone Role = iota
-	// RoleRead allows Get and every read-only RPC.
-	RoleRead
-	// RoleWrite adds Put and the reservation RPCs.
-	RoleWrite
-	// RoleAdmin adds Delete and the bulk deletes.
-	RoleAdmin
+// Role, Scope and Principal are the auth file's; aliases keep callers of
+// this package to one import.
+type (
+	Role      = authfile.Role
+	Scope     = authfile.Scope
+	Principal = authfile.Principal
 )
 
-// String returns the role's name as the auth file spells it.
-func (r Role) String() string {
-	switch r {
-	case RoleRead:
-		return "read"
-	case RoleWrite:
-		return "write"
-	case RoleAdmin:
-		return "admin"
-	default:
-		return "none"
-	}
-}
-
-// parseRole reads a role as the auth file spells it.
-func parseRole(s string) (Role, error) {
-	switch s {
-	case "read":
-		return RoleRead, nil
-	case "write":
-		return RoleWrite, nil
-	case "admin":
-		return RoleAdmin, nil
-	default:
-		return RoleNone, fmt.Errorf("unknown role %q (want read, write or admin)", s)
-	}
-}
+// The roles, lowest first; each includes the ones below it.
+const (
+	RoleNone  = authfile.RoleNone
+	RoleRead  = authfile.RoleRead
+	RoleWrite = authfile.RoleWrite
+	RoleAdmin = authfile.RoleAdmin
+)
 
 // Flyte's service name: its generated code lives elsewhere, so its procedures
 // are spelled out here (the wire names are the contract, see DESIGN.md).

@@ -1,4 +1,9 @@
-package auth
+// Package authfile reads the auth file: the principals, what recognises each
+// (a token's SHA-256, networks, mTLS and OIDC identities) and their grants
+// of a role on orgs, projects and domains. It parses strictly and answers
+// lookups without allocating; it knows nothing of HTTP, RPCs or how a
+// credential is verified (package auth does that, and documents the format).
+package authfile
 
 import (
 	"bytes"
@@ -59,9 +64,9 @@ func matches(granted, requested string) bool {
 	return granted == "*" || (requested != "" && granted == requested)
 }
 
-// policy is one parsed auth file, never changed after parsing: a reload
+// File is one parsed auth file, never changed after parsing: a reload
 // builds a new one and swaps the pointer.
-type policy struct {
+type File struct {
 	principals []*Principal
 	tokens     []tokenPrincipal
 	mtls       map[string]*Principal
@@ -79,12 +84,12 @@ type networkPrincipal struct {
 	principal *Principal
 }
 
-// byTokenHash returns the principal whose token has this SHA-256. Every
+// ByTokenHash returns the principal whose token has this SHA-256. Every
 // entry is compared, without branching on the bytes, so how long it takes
 // says nothing about which hash (or how much of one) matched. A word-wise
 // XOR keeps each comparison to a few nanoseconds, so even a few hundred
 // token principals stay well under a microsecond.
-func (p *policy) byTokenHash(sum *[32]byte) *Principal {
+func (p *File) ByTokenHash(sum *[32]byte) *Principal {
 	w := hashWords(sum)
 	found := -1
 	for i := range p.tokens {
@@ -107,9 +112,9 @@ func hashWords(sum *[32]byte) [4]uint64 {
 	}
 }
 
-// byAddr returns the principal whose network holds addr, the most specific
+// ByAddr returns the principal whose network holds addr, the most specific
 // network winning.
-func (p *policy) byAddr(addr netip.Addr) *Principal {
+func (p *File) ByAddr(addr netip.Addr) *Principal {
 	addr = addr.Unmap()
 	for _, n := range p.networks {
 		if n.prefix.Contains(addr) {
@@ -118,6 +123,27 @@ func (p *policy) byAddr(addr netip.Addr) *Principal {
 	}
 	return nil
 }
+
+// ByMTLSIdentity returns the principal that lists a certificate identity (a
+// URI SAN or a subject CN) in mtls_identities.
+func (p *File) ByMTLSIdentity(id string) *Principal {
+	if id == "" {
+		return nil
+	}
+	return p.mtls[id]
+}
+
+// ByOIDCIdentity returns the principal that lists a JWT claim value in
+// oidc_identities.
+func (p *File) ByOIDCIdentity(id string) *Principal {
+	if id == "" {
+		return nil
+	}
+	return p.oidc[id]
+}
+
+// Principals is how many principals the file lists.
+func (p *File) Principals() int { return len(p.principals) }
 
 // The auth file's shape. Field names are the YAML keys; unknown keys are
 // refused so that a typo ("grant:") cannot silently grant nothing, or more.
@@ -141,18 +167,11 @@ type fileGrant struct {
 	Role    string `yaml:"role"`
 }
 
-// Validate parses an auth file and reports its first error, naming the line
-// and the field; nil means the server would accept it. Meant for a check
-// before deploying a new file.
-func Validate(data []byte) error {
-	_, err := parsePolicy(data)
-	return err
-}
-
-// parsePolicy reads an auth file strictly: yaml's own pass refuses unknown
-// fields and wrong types, with their lines; a second pass over the node tree
-// finds the line of each value that our checks refuse.
-func parsePolicy(data []byte) (*policy, error) {
+// Parse reads an auth file strictly: yaml's own pass refuses unknown fields
+// and wrong types, with their lines; a second pass over the node tree finds
+// the line of each value that our checks refuse. The error, one line, names
+// the first problem's line and field and never echoes a token_sha256 value.
+func Parse(data []byte) (*File, error) {
 	var doc fileDoc
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -176,7 +195,7 @@ func parsePolicy(data []byte) (*policy, error) {
 		return nil, errors.New("auth file: principals: none listed")
 	}
 
-	p := &policy{mtls: map[string]*Principal{}, oidc: map[string]*Principal{}}
+	p := &File{mtls: map[string]*Principal{}, oidc: map[string]*Principal{}}
 	names := map[string]bool{}
 	tokens := map[[32]byte]string{}
 	networks := map[netip.Prefix]string{}
