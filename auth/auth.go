@@ -270,3 +270,28 @@ func (a *Authenticator) trusted(addr netip.Addr) bool {
 	}
 	return false
 }
+
+// ParsePrefixes reads a comma-separated list of CIDRs or single addresses
+// (a /32 or /128), as --trusted-proxies takes it. An empty string is none.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if addr, err := netip.ParseAddr(part); err == nil {
+			out = append(out, netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR such as 10.0.0.0/8", part)
+		}
+		if p.Masked() != p {
+			return nil, fmt.Errorf("%q has host bits set; did you mean %s?", part, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

@@ -115,3 +115,28 @@ func TestTrustedProxyForwardsTheClientAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePrefixes(t *testing.T) {
+	t.Parallel()
+	got, err := ParsePrefixes(" 10.0.0.0/8, 192.0.2.7 ,,::1, fd00::/8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "192.0.2.7/32", "::1/128", "fd00::/8"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Errorf("[%d] = %s, want %s", i, got[i], want[i])
+		}
+	}
+	if none, err := ParsePrefixes(""); err != nil || len(none) != 0 {
+		t.Errorf("empty: %v, %v", none, err)
+	}
+	for _, bad := range []string{"10.0.0.1/8", "10.0.0.0/33", "proxy.local"} {
+		if _, err := ParsePrefixes(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
