@@ -143,14 +143,7 @@ func TestMTLSIdentities(t *testing.T) {
 					cfg.Certificates = []tls.Certificate{*c.cert}
 				}
 				client := newClient(t, url, kind.grpc, nil, cfg)
-				err := c.r.call(t.Context(), client, name, c.h)
-				if got := codeOf(err); got != c.want {
-					t.Fatalf("code %v (%v), want %v", got, err, c.want)
-				}
-				p, reached := rec.reached(name)
-				if reached != (c.want == 0) || (reached && p.Name != c.who) {
-					t.Fatalf("handler reached = %v as %v; want %v as %s", reached, p, c.want == 0, c.who)
-				}
+				expectCall(t, rec, client, c.r, name, c.h, c.want, c.who)
 			})
 		}
 	}

@@ -55,14 +55,7 @@ func TestNetworkPrincipals(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
 				client := newClient(t, url, kind.grpc, c.from, nil)
-				err := c.r.call(t.Context(), client, name, c.h)
-				if got := codeOf(err); got != c.want {
-					t.Fatalf("code %v (%v), want %v", got, err, c.want)
-				}
-				p, reached := rec.reached(name)
-				if reached != (c.want == 0) || (reached && p.Name != c.who) {
-					t.Fatalf("handler reached = %v as %v; want %v as %s", reached, p, c.want == 0, c.who)
-				}
+				expectCall(t, rec, client, c.r, name, c.h, c.want, c.who)
 			})
 		}
 	}
@@ -103,14 +96,7 @@ func TestTrustedProxyForwardsTheClientAddress(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
 				client := newClient(t, url, kind.grpc, c.from, nil)
-				err := c.r.call(t.Context(), client, name, c.h)
-				if got := codeOf(err); got != c.want {
-					t.Fatalf("code %v (%v), want %v", got, err, c.want)
-				}
-				p, reached := rec.reached(name)
-				if reached != (c.want == 0) || (reached && p.Name != "proxied-pods") {
-					t.Fatalf("handler reached = %v as %v", reached, p)
-				}
+				expectCall(t, rec, client, c.r, name, c.h, c.want, "proxied-pods")
 			})
 		}
 	}

@@ -137,14 +137,7 @@ func TestJWTBearerTokens(t *testing.T) {
 			name := kind.name + "/" + c.name
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				err := c.r.call(t.Context(), client, name, bearer(c.token))
-				if got := codeOf(err); got != c.want {
-					t.Fatalf("code %v (%v), want %v", got, err, c.want)
-				}
-				p, reached := rec.reached(name)
-				if reached != (c.want == 0) || (reached && p.Name != "k8s-worker") {
-					t.Fatalf("handler reached = %v as %v", reached, p)
-				}
+				expectCall(t, rec, client, c.r, name, bearer(c.token), c.want, "k8s-worker")
 			})
 		}
 	}
