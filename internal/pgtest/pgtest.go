@@ -1,7 +1,9 @@
 // Package pgtest gives tests a real PostgreSQL: one throwaway embedded cluster per test binary (or
 // the server named by CACHESERVICE_TEST_DATABASE_URL), a template database prepared once, and a
-// fresh clone of it for each test that asks. It is for tests only: production code must not
-// import it, and it must not know the schema (the prepare function passed to Main does).
+// fresh clone of it for each test that asks, whose clock a test can move (SetClockOffset,
+// WithClockOffset). It is for tests only: production code must not import it, and it must not
+// know the schema (the prepare function passed to Main does) beyond the name of the clock's
+// test setting.
 package pgtest
 
 import (
