@@ -114,8 +114,9 @@ func (d *rpcDriver) Release(ctx context.Context, key, owner string) error {
 }
 
 // NewCeilingDriver returns the raw-pgx ceiling: the store's own statements
-// and transactions on a pool of its own, with the manager's one-line claim
-// decision inlined. What it cannot do faster, the service cannot either.
+// and transactions on a pool of its own (the claim decision runs in the
+// store's SQL, by the database's clock). What it cannot do faster, the
+// service cannot either.
 func NewCeilingDriver(st *store.Store) Driver {
 	return &ceilingDriver{store: st}
 }
