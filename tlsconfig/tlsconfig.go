@@ -93,6 +93,10 @@ func New(cfg Config) (*Reloader, error) {
 // TLSConfig returns the config to give http.Server.TLSConfig (then call ServeTLS(ln, "", "")) or
 // tls.NewListener. It negotiates HTTP/2 and HTTP/1.1 by ALPN, so gRPC works over it, and hands
 // every handshake the material loaded last. Each call returns a new *tls.Config.
+//
+// The server must speak both: an http.Server whose Protocols is set should SetHTTP2(true) beside
+// SetHTTP1(true), since the handshake offers h2 whatever Protocols says (http.Server adjusts only
+// its own copy of NextProtos, which GetConfigForClient replaces).
 func (r *Reloader) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,

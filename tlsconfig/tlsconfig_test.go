@@ -61,8 +61,15 @@ func startServer(t *testing.T, rel *tlsconfig.Reloader) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The protocols cmd/cacheservice sets (HTTP/1.1 and cleartext HTTP/2), plus HTTP/2 over TLS,
+	// which a server with its Protocols set should add: the handshake offers h2 regardless.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true)
 	srv := &http.Server{
 		Handler:           mux,
+		Protocols:         &protocols,
 		TLSConfig:         rel.TLSConfig(),
 		ReadHeaderTimeout: callTimeout,
 		ErrorLog:          log.New(testWriter{t}, "", 0),
