@@ -23,6 +23,7 @@ import (
 	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 	"github.com/cacheservice/cacheservice/internal/metricstest"
+	"github.com/cacheservice/cacheservice/internal/otlptest"
 )
 
 // flyteProtocol is a way Flyte's API is called.
@@ -607,9 +608,11 @@ func TestFlyteBadRequestsNameTheField(t *testing.T) {
 
 // TestFlyteCallsAreLoggedMeteredAndReflected: failures are logged under
 // Flyte's procedure names, metrics count them per procedure (and Flyte's
-// Gets as lookups), and reflection lists Flyte's service.
+// Gets as lookups), traces name them, and reflection and health know Flyte's
+// service.
 func TestFlyteCallsAreLoggedMeteredAndReflected(t *testing.T) {
-	srv := startServer(t, "--sweep-interval=0")
+	recv := otlptest.NewReceiver(t)
+	srv := startServer(t, "--sweep-interval=0", "--otlp-endpoint", recv.URL)
 	c, id := srv.flyteProtocols(t)[0].client, flyteIdentifier(t)
 	before := metricstest.Scrape(t, srv.url+"/metrics")
 	_, err := c.Get(callCtx(t), flyteGet(id, "k"))
@@ -658,5 +661,12 @@ func TestFlyteCallsAreLoggedMeteredAndReflected(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	if !bytes.Contains(body, []byte(flytecachev2connect.CacheServiceName)) {
 		t.Errorf("reflection does not list %s: %q", flytecachev2connect.CacheServiceName, body)
+	}
+
+	srv.stop() // flushes the spans
+	for _, name := range []string{"flyteidl2.cacheservice.v2.CacheService/Get", "flyteidl2.cacheservice.v2.CacheService/Put"} {
+		if recv.Span(name) == nil {
+			t.Errorf("no %s span received (requests to %v)", name, recv.Paths())
+		}
 	}
 }
