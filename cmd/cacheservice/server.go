@@ -188,8 +188,8 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 		case l.free <- struct{}{}:
 			return &countedConn{Conn: c, release: func() { <-l.free }}, nil
 		default:
-			_ = c.Close()
 			l.refused()
+			_ = c.Close()
 		}
 	}
 }
