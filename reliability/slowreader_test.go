@@ -85,15 +85,20 @@ func TestSlowReadersCannotPinResponseMemory(t *testing.T) {
 		}
 	}
 
-	// For a few write timeouts: sample the heap and serve a normal client.
-	var peakHeap float64
+	// Until every stalled response is cut or refused (for at least a few
+	// write timeouts, at most 60s on a loaded machine): sample the heap and
+	// serve a normal client.
+	var peakHeap, cut float64
 	peakRSS := 0
 	var normalErrs []error
-	end := time.Now().Add(4 * writeTimeout)
-	for time.Now().Before(end) {
+	start := time.Now()
+	for time.Since(start) < 4*writeTimeout || (cut < conns*streams && time.Since(start) < time.Minute) {
+		cut = srv.scrape(t, "cacheservice_http_responses_cut_total") - cutBefore
 		peakHeap = max(peakHeap, srv.scrape(t, "go_memstats_heap_inuse_bytes")/(1<<20))
 		peakRSS = max(peakRSS, srv.rssKiB(t)>>10)
-		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		// Generous: the point is that it is served at all, on a shared
+		// machine, while 300 reads of 1 MiB queue for the database pool.
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		_, err := srv.connectClient().Get(ctx, connect.NewRequest(&cachev1.GetRequest{Scope: scope(), Key: "small"}))
 		cancel()
 		if connect.CodeOf(err) != connect.CodeNotFound {
@@ -101,14 +106,16 @@ func TestSlowReadersCannotPinResponseMemory(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cut := srv.scrape(t, "cacheservice_http_responses_cut_total") - cutBefore
-	t.Logf("cut: %v timeouts, %v budget", srv.scrape(t, `cacheservice_http_responses_cut_total{reason="write_timeout"`), srv.scrape(t, `cacheservice_http_responses_cut_total{reason="budget"`))
+	cut = srv.scrape(t, "cacheservice_http_responses_cut_total") - cutBefore
+	t.Logf("cut: %v by the write timeout, %v by the budget, after %v",
+		srv.scrape(t, `cacheservice_http_responses_cut_total{reason="write_timeout"`),
+		srv.scrape(t, `cacheservice_http_responses_cut_total{reason="budget"`), time.Since(start).Round(time.Millisecond))
 	settledHeap, settledRSS := srv.settledHeapMiB(t), srv.rssKiB(t)>>10
 	t.Logf("heap in use: %.0f MiB before, %.0f MiB peak, %.0f MiB settled; RSS: %d MiB before, %d MiB peak, %d MiB settled; %v responses cut",
 		baseHeap, peakHeap, settledHeap, baseRSS, peakRSS, settledRSS, cut)
 
 	for _, err := range normalErrs {
-		t.Errorf("a normal client's Get during the attack: %v, want not_found within 2s", err)
+		t.Errorf("a normal client's Get during the attack: %v, want not_found", err)
 	}
 	// 300 responses of 1 MiB would be 300 MiB; the budget and the pool's
 	// reads in flight allow a small multiple of the budget.
