@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
@@ -28,24 +30,39 @@ import (
 // is what the database holds. Seeds live in testdata/fuzz/<target>; plain
 // `go test` runs them, `go test -fuzz=^FuzzPut$` explores.
 
-func FuzzGet(f *testing.F) {
-	fuzzRPC(f, "Get", func() request { return &cachev1.GetRequest{} }, checkGet)
-}
+func FuzzGet(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceGetProcedure) }
 
-func FuzzPut(f *testing.F) {
-	fuzzRPC(f, "Put", func() request { return &cachev1.PutRequest{} }, checkPut)
-}
+func FuzzPut(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServicePutProcedure) }
 
-func FuzzDelete(f *testing.F) {
-	fuzzRPC(f, "Delete", func() request { return &cachev1.DeleteRequest{} }, checkDelete)
-}
+func FuzzDelete(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceDeleteProcedure) }
 
 func FuzzGetOrExtendReservation(f *testing.F) {
-	fuzzRPC(f, "GetOrExtendReservation", func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim)
+	fuzzRPC(f, cachev1connect.CacheServiceGetOrExtendReservationProcedure)
 }
 
 func FuzzReleaseReservation(f *testing.F) {
-	fuzzRPC(f, "ReleaseReservation", func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease)
+	fuzzRPC(f, cachev1connect.CacheServiceReleaseReservationProcedure)
+}
+
+// fuzzTarget says how one RPC is fuzzed.
+type fuzzTarget struct {
+	// name is the Fuzz function, and its seed corpus in testdata/fuzz.
+	name   string
+	newReq func() request
+	check  checkFunc
+}
+
+// fuzzTargets has an entry for every RPC the edge serves, by full
+// procedure name (another service may have the same method names);
+// TestEveryRPCIsFuzzed fails when one is missing.
+var fuzzTargets = map[string]fuzzTarget{
+	cachev1connect.CacheServiceGetProcedure:    {"FuzzGet", func() request { return &cachev1.GetRequest{} }, checkGet},
+	cachev1connect.CacheServicePutProcedure:    {"FuzzPut", func() request { return &cachev1.PutRequest{} }, checkPut},
+	cachev1connect.CacheServiceDeleteProcedure: {"FuzzDelete", func() request { return &cachev1.DeleteRequest{} }, checkDelete},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {"FuzzGetOrExtendReservation",
+		func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim},
+	cachev1connect.CacheServiceReleaseReservationProcedure: {"FuzzReleaseReservation",
+		func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease},
 }
 
 // request is what every request message has.
@@ -76,16 +93,24 @@ type outcome struct {
 type checkFunc func(t *testing.T, o outcome)
 
 // allowedCodes are the codes each RPC may answer to any input while the
-// database is up.
+// database is up, by full procedure name; TestEveryRPCIsFuzzed fails when
+// a served RPC has none.
 var allowedCodes = map[string][]connect.Code{
-	"Get":                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"Put":                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
-	"Delete":                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"GetOrExtendReservation": {0, connect.CodeInvalidArgument},
-	"ReleaseReservation":     {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceGetProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServicePutProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
+	cachev1connect.CacheServiceDeleteProcedure:                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceReleaseReservationProcedure:     {0, connect.CodeInvalidArgument},
 }
 
-func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkFunc) {
+// fuzzRPC fuzzes procedure as its fuzzTargets entry says.
+func fuzzRPC(f *testing.F, procedure string) {
+	target, ok := fuzzTargets[procedure]
+	codes, hasCodes := allowedCodes[procedure]
+	if !ok || !hasCodes {
+		f.Fatalf("%s needs an entry in fuzzTargets and allowedCodes", procedure)
+	}
+	newReq, check := target.newReq, target.check
 	b := setup(f, manager.DefaultConfig())
 	b.populate(f)
 	f.Fuzz(func(t *testing.T, binary bool, body []byte) {
@@ -103,8 +128,8 @@ func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkF
 		o := outcome{req: req, resp: resp, binary: binary, before: before, after: after, sent: sent}
 
 		assertNoLeak(t, resp.msg)
-		if !containsCode(allowedCodes[procedure], resp.code) {
-			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, allowedCodes[procedure])
+		if !containsCode(codes, resp.code) {
+			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, codes)
 		}
 		tooLarge := resp.code == connect.CodeInvalidArgument && strings.Contains(resp.msg, "too large to index")
 		switch {
@@ -206,14 +231,7 @@ func (b *testBundle) populate(t testing.TB) {
 	}
 }
 
-func containsCode(codes []connect.Code, c connect.Code) bool {
-	for _, x := range codes {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
+func containsCode(codes []connect.Code, c connect.Code) bool { return slices.Contains(codes, c) }
 
 // assertUnchanged fails if a refused request changed the database.
 func assertUnchanged(t *testing.T, before, after state) {
