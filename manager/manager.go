@@ -30,7 +30,7 @@ type Config struct {
 	MaxInlineBytes int
 }
 
-// DefaultConfig returns the limits of DESIGN.md.
+// DefaultConfig returns the default limits (docs/ARCHITECTURE.md, "Limits").
 func DefaultConfig() Config {
 	return Config{
 		MaxHeartbeat:    10 * time.Second,
@@ -85,9 +85,9 @@ func invalidArgument(field, format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
-// toConnectError maps a store error to the code of the DESIGN table with a
-// message safe for clients. Detail that could leak SQL or connection strings
-// goes to the log only.
+// toConnectError maps a store error to the code of the table in
+// docs/ARCHITECTURE.md ("Errors") with a message safe for clients. Detail
+// that could leak SQL or connection strings goes to the log only.
 func (m *Manager) toConnectError(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
