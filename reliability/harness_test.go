@@ -147,7 +147,11 @@ type rawResponse struct {
 // decodes the error body, if any.
 func (b *testBundle) post(ctx context.Context, t testing.TB, procedure, contentType string, body io.Reader, header http.Header) rawResponse {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+procedure, body)
+	path := "/" + cachev1connect.CacheServiceName + "/" + procedure
+	if strings.HasPrefix(procedure, "/") { // a full path, as for Flyte's API
+		path = procedure
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+path, body)
 	if err != nil {
 		t.Fatalf("new request: %v", err)
 	}
