@@ -136,8 +136,8 @@ func TestResetStreamsAreCanceledNotServerTrouble(t *testing.T) {
 
 // scrape reads the server's /metrics and sums the samples of the series
 // whose line starts with prefix (a metric name, optionally with its first
-// labels: `name{code="canceled"`).
-func (p *serverProc) scrape(t testing.TB, prefix string) float64 {
+// labels: `name{code="canceled"`) and contains every one of contains.
+func (p *serverProc) scrape(t testing.TB, prefix string, contains ...string) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -163,6 +163,9 @@ func (p *serverProc) scrape(t testing.TB, prefix string) float64 {
 		if rest == "" || (rest[0] != ' ' && rest[0] != '{' && rest[0] != ',' && rest[0] != '}') {
 			continue // a longer name that shares the prefix
 		}
+		if !containsAll(line, contains) {
+			continue
+		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
 		if err != nil {
 			t.Fatalf("metric line %q: %v", line, err)
@@ -170,4 +173,13 @@ func (p *serverProc) scrape(t testing.TB, prefix string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
