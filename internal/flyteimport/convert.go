@@ -3,14 +3,14 @@ package flyteimport
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"buf.build/go/protovalidate"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
-	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
-	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	"github.com/cacheservice/cacheservice/store"
 )
 
@@ -34,6 +34,42 @@ func newConverter(cfg Config) (*converter, error) {
 		return m
 	}
 	return &converter{org: cfg.Org, rules: splitRules{Projects: set(cfg.Projects), Domains: set(cfg.Domains)}, validator: v}, nil
+}
+
+// convertAll converts a batch, spreading the rows over every core, and keeps
+// the batch's order in what it returns.
+func (c *converter) convertAll(rows []flyteRow) prepared {
+	type result struct {
+		entry   store.Entry
+		fromKey bool
+		skip    *Skipped
+	}
+	results := make([]result, len(rows))
+	workers := min(runtime.GOMAXPROCS(0), len(rows))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(rows); i += workers {
+				r := &results[i]
+				r.entry, r.fromKey, r.skip = c.convert(rows[i])
+			}
+		})
+	}
+	wg.Wait()
+	p := prepared{rows: len(rows), lastKey: rows[len(rows)-1].Key, entries: make([]store.Entry, 0, len(rows))}
+	for i, r := range results {
+		switch {
+		case r.skip != nil:
+			p.skips = append(p.skips, *r.skip)
+		default:
+			p.entries = append(p.entries, r.entry)
+			p.sourceKeys = append(p.sourceKeys, rows[i].Key)
+			if r.fromKey {
+				p.fromKeyOnly++
+			}
+		}
+	}
+	return p
 }
 
 // convert turns one row into the entry to store, or says why it is skipped.
@@ -92,7 +128,7 @@ func (c *converter) convert(r flyteRow) (e store.Entry, fromKey bool, skip *Skip
 
 // check applies the limits a Put of e would meet: the proto's validation
 // rules, the ones the server's interceptor runs, both those of our API (scope,
-// key, URI, source, labels) and those of Flyte's API as we serve it (the
+// key, URI, source, labels) and those Flyte's API as we serve it adds (the
 // whole source identifier), so that the entry reads back through either.
 func (c *converter) check(e store.Entry, md metadata) error {
 	req := &cachev1.PutRequest{
@@ -107,24 +143,22 @@ func (c *converter) check(e store.Entry, md metadata) error {
 		req.Output.Metadata.Source = &cachev1.Source{Name: e.SourceName, Version: e.SourceVersion}
 	}
 	if err := c.validator.Validate(req); err != nil {
-		return describeViolations(err)
+		return describeViolations("", err)
 	}
-	flyteReq := &flytecachev2.PutCacheRequest{
-		Identifier: &flytecachev2.Identifier{Org: e.ID.Org, Project: e.ID.Project, Domain: e.ID.Domain},
-		BaseRequest: &flytecache.PutCacheRequest{
-			Key: e.ID.Key,
-			Output: &flytecache.CachedOutput{
-				Output:   &flytecache.CachedOutput_OutputUri{OutputUri: e.URI},
-				Metadata: md.msg,
-			},
-		},
+	// The rest of Flyte's request has the same rules as ours; only the
+	// source identifier is Flyte's own.
+	if src := md.source(); src != nil {
+		if err := c.validator.Validate(src); err != nil {
+			return describeViolations("output.metadata.source_identifier.", err)
+		}
 	}
-	return describeViolations(c.validator.Validate(flyteReq))
+	return nil
 }
 
 // describeViolations renders a validation error as one line naming each
-// field and rule, without the field's value (which may be long, or private).
-func describeViolations(err error) error {
+// field (after prefix) and rule, without the field's value (which may be
+// long, or private).
+func describeViolations(prefix string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -134,7 +168,7 @@ func describeViolations(err error) error {
 	}
 	var parts []string
 	for _, v := range verr.Violations {
-		field := protovalidate.FieldPathString(v.Proto.GetField())
+		field := prefix + protovalidate.FieldPathString(v.Proto.GetField())
 		if v.Proto.GetForKey() {
 			field += " (a key)"
 		}

@@ -108,7 +108,8 @@ func (s Summary) SkippedTotal() int64 {
 
 // Hooks let the caller watch an import. Either may be nil.
 type Hooks struct {
-	// Skip is called for each skipped row, in key order.
+	// Skip is called for each skipped row: a batch's rows in key order,
+	// then any the database refused as too large.
 	Skip func(Skipped)
 	// Progress is called after each batch.
 	Progress func(Summary)
@@ -117,6 +118,10 @@ type Hooks struct {
 // Run copies every row of the Flyte database at cfg.From into dst, batch by
 // batch, each batch in one statement of its own. It returns the summary so
 // far even when it fails, so that the caller can say where to resume.
+//
+// Reading and checking the next batch overlaps writing the current one; the
+// checks (the validation rules) are most of the import's own work, so they
+// run on every core.
 func Run(ctx context.Context, dst *store.Store, cfg Config, hooks Hooks) (sum Summary, err error) {
 	start := time.Now()
 	sum = Summary{DryRun: cfg.DryRun, Skipped: map[Reason]int64{}, LastKey: cfg.StartAfter}
@@ -136,47 +141,77 @@ func Run(ctx context.Context, dst *store.Store, cfg Config, hooks Hooks) (sum Su
 	if sum.Reservations, err = src.reservations(ctx); err != nil {
 		return sum, err
 	}
+
+	readCtx, stopReading := context.WithCancel(ctx)
+	batches := make(chan prepared, 1) // one batch ready while another is written
+	var readErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(batches)
+		readErr = readBatches(readCtx, src, conv, cfg, batches)
+	}()
+	defer func() {
+		stopReading()
+		<-done // the reader owns the source connection until it returns
+		if err == nil {
+			err = readErr
+		}
+	}()
+
 	skip := func(s Skipped) {
 		sum.Skipped[s.Reason]++
 		if hooks.Skip != nil {
 			hooks.Skip(s)
 		}
 	}
-	first := cfg.StartAfter == ""
-	for {
-		rows, err := src.batch(ctx, sum.LastKey, first, cfg.BatchSize)
+	for b := range batches {
+		for _, s := range b.skips {
+			skip(s)
+		}
+		imported, err := write(ctx, dst, b, cfg.DryRun, skip)
 		if err != nil {
 			return sum, err
 		}
-		if len(rows) == 0 {
-			return sum, nil
-		}
-		first = false
-		entries := make([]store.Entry, 0, len(rows))
-		for _, r := range rows {
-			e, fromKey, s := conv.convert(r)
-			if s != nil {
-				skip(*s)
-				continue
-			}
-			if fromKey {
-				sum.FromKeyOnly++
-			}
-			entries = append(entries, e)
-		}
-		imported, err := write(ctx, dst, entries, cfg.DryRun, skip)
-		if err != nil {
-			return sum, err
-		}
-		sum.Read += int64(len(rows))
+		sum.Read += int64(b.rows)
 		sum.Imported += imported.inserted
 		sum.Present += imported.present
-		sum.LastKey = rows[len(rows)-1].Key
+		sum.FromKeyOnly += b.fromKeyOnly
+		sum.LastKey = b.lastKey
 		if hooks.Progress != nil {
 			hooks.Progress(sum)
 		}
+	}
+	return sum, nil
+}
+
+// prepared is one batch, read and checked, ready to write.
+type prepared struct {
+	rows        int
+	lastKey     string
+	entries     []store.Entry
+	sourceKeys  []string // the Flyte key of each entry
+	skips       []Skipped
+	fromKeyOnly int64
+}
+
+// readBatches reads the source in key order and sends each batch, converted,
+// until the source is exhausted (nil) or a read fails.
+func readBatches(ctx context.Context, src *source, conv *converter, cfg Config, out chan<- prepared) error {
+	after, first := cfg.StartAfter, cfg.StartAfter == ""
+	for {
+		rows, err := src.batch(ctx, after, first, cfg.BatchSize)
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		first, after = false, rows[len(rows)-1].Key
+		select {
+		case out <- conv.convertAll(rows):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		if len(rows) < cfg.BatchSize {
-			return sum, nil
+			return nil
 		}
 	}
 }
@@ -187,11 +222,11 @@ type written struct{ inserted, present int64 }
 // write stores a batch, or in a dry run counts what storing it would do.
 // When one entry of the batch is too large to index, the batch statement
 // fails whole, so its entries are written one by one to skip just that one.
-func write(ctx context.Context, dst *store.Store, entries []store.Entry, dryRun bool, skip func(Skipped)) (written, error) {
+func write(ctx context.Context, dst *store.Store, b prepared, dryRun bool, skip func(Skipped)) (written, error) {
 	var w written
 	if dryRun {
-		ids := make([]store.ID, len(entries))
-		for i, e := range entries {
+		ids := make([]store.ID, len(b.entries))
+		for i, e := range b.entries {
 			ids[i] = e.ID
 		}
 		present, err := dst.CountEntries(ctx, ids)
@@ -200,20 +235,20 @@ func write(ctx context.Context, dst *store.Store, entries []store.Entry, dryRun 
 		}
 		// A dry run cannot ask the index whether an identity fits; the
 		// real run may still skip some as too_large.
-		return written{inserted: int64(len(entries)) - present, present: present}, nil
+		return written{inserted: int64(len(b.entries)) - present, present: present}, nil
 	}
-	n, err := dst.ImportEntries(ctx, entries)
+	n, err := dst.ImportEntries(ctx, b.entries)
 	if err == nil {
-		return written{inserted: n, present: int64(len(entries)) - n}, nil
+		return written{inserted: n, present: int64(len(b.entries)) - n}, nil
 	}
 	if !errors.Is(err, store.ErrTooLarge) {
 		return w, fmt.Errorf("write entries to our database: %w", err)
 	}
-	for _, e := range entries {
+	for i, e := range b.entries {
 		n, err := dst.ImportEntries(ctx, []store.Entry{e})
 		switch {
 		case errors.Is(err, store.ErrTooLarge):
-			skip(Skipped{Key: e.ID.Project + "-" + e.ID.Domain + "-" + e.ID.Key, Reason: ReasonTooLarge,
+			skip(Skipped{Key: b.sourceKeys[i], Reason: ReasonTooLarge,
 				Detail: "scope and key together are too large for the database's index"})
 		case err != nil:
 			return w, fmt.Errorf("write entries to our database: %w", err)

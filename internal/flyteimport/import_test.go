@@ -3,6 +3,7 @@ package flyteimport_test
 import (
 	"context"
 	_ "embed"
+	"fmt"
 	"maps"
 	"os"
 	"strings"
@@ -140,6 +141,9 @@ func realisticRows(t *testing.T, b *testBundle) ([]want, map[string]flyteimport.
 	mismatch := executorMetadata("elsewhere", "other", "place", "t", "2", t0) // names no prefix of its key
 	keyMapOnly := &flytecache.Metadata{KeyMap: &flytecache.KeyMapMetadata{Values: map[string]string{"team": "ml"}}}
 	badSource := executorMetadata("acme", "p", "d", "name\x01with-control", "1", t0)
+	// A source that does not place its row is still kept whole, so Flyte's
+	// rules for it apply too.
+	badElsewhere := executorMetadata("acme", "else\x01where", "d", "t", "1", t0)
 
 	b.insert(t,
 		flyteRow{key: "flytesnacks-development-Zm9v-abcd1234-efgh5678-HaSh-v1", uri: "s3://flyte/outputs/1", md: exec, lastUpdated: t1, createdAt: t1},
@@ -156,6 +160,7 @@ func realisticRows(t *testing.T, b *testBundle) ([]want, map[string]flyteimport.
 		flyteRow{key: "flytesnacks-development-no-uri", uri: "", md: exec, lastUpdated: t1, createdAt: t1},
 		flyteRow{key: "p-d-bad\x01key", uri: "s3://flyte/outputs/12", md: executorMetadata("acme", "p", "d", "t", "1", t0), lastUpdated: t1, createdAt: t1},
 		flyteRow{key: "p-d-bad-source", uri: "s3://flyte/outputs/13", md: badSource, lastUpdated: t1, createdAt: t1},
+		flyteRow{key: "m-n-o", uri: "s3://flyte/outputs/14", md: badElsewhere, lastUpdated: t1, createdAt: t1},
 	)
 	if _, err := b.srcConn.Exec(b.ctx, `
 		INSERT INTO cache_service_reservations (key, owner_id, heartbeat_seconds, expires_at)
@@ -192,6 +197,7 @@ func realisticRows(t *testing.T, b *testBundle) ([]want, map[string]flyteimport.
 		"flytesnacks-development-no-uri": flyteimport.ReasonNoOutput,
 		"p-d-bad\x01key":                 flyteimport.ReasonOverLimit,
 		"p-d-bad-source":                 flyteimport.ReasonOverLimit,
+		"m-n-o":                          flyteimport.ReasonOverLimit,
 	}
 	return entries, skips
 }
@@ -261,7 +267,7 @@ func TestImportPlacesEveryRowOrSaysWhyNot(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	entries, skips := realisticRows(t, b)
-	// Batches of 3 make the 13 rows span five of them.
+	// Batches of 3 make the 14 rows span five of them.
 	sum, skipped := b.run(t, flyteimport.Config{Org: "fallback", BatchSize: 3})
 
 	b.assertEntries(t, entries)
@@ -273,13 +279,19 @@ func TestImportPlacesEveryRowOrSaysWhyNot(t *testing.T) {
 	if len(skipped) != len(skips) {
 		t.Errorf("skipped %d rows, want %d: %v", len(skipped), len(skips), skipped)
 	}
+	// The detail names the field our limits refuse.
+	for key, field := range map[string]string{"p-d-long-label": "labels", "m-n-o": "source_identifier.project", "p-d-bad\x01key": "key"} {
+		if !strings.Contains(skipped[key].Detail, field) {
+			t.Errorf("row %q: detail %q does not name %s", key, skipped[key].Detail, field)
+		}
+	}
 	if got := b.countOurs(t); got != len(entries) {
 		t.Errorf("our database holds %d entries, want %d", got, len(entries))
 	}
-	if sum.Read != 13 || sum.Imported != int64(len(entries)) || sum.Present != 0 || sum.SkippedTotal() != int64(len(skips)) {
+	if sum.Read != 14 || sum.Imported != int64(len(entries)) || sum.Present != 0 || sum.SkippedTotal() != int64(len(skips)) {
 		t.Errorf("summary = %+v", sum)
 	}
-	if sum.Skipped[flyteimport.ReasonAmbiguousKey] != 2 || sum.Skipped[flyteimport.ReasonOverLimit] != 3 {
+	if sum.Skipped[flyteimport.ReasonAmbiguousKey] != 2 || sum.Skipped[flyteimport.ReasonOverLimit] != 4 {
 		t.Errorf("skipped by reason = %v", sum.Skipped)
 	}
 	if sum.FromKeyOnly != 2 || sum.Reservations != 2 {
@@ -291,7 +303,7 @@ func TestImportPlacesEveryRowOrSaysWhyNot(t *testing.T) {
 
 	// A second run adds nothing, changes nothing, and says so.
 	again, skippedAgain := b.run(t, flyteimport.Config{Org: "fallback", BatchSize: 3})
-	if again.Read != 13 || again.Imported != 0 || again.Present != int64(len(entries)) || len(skippedAgain) != len(skips) {
+	if again.Read != 14 || again.Imported != 0 || again.Present != int64(len(entries)) || len(skippedAgain) != len(skips) {
 		t.Errorf("second run: summary = %+v, %d skipped", again, len(skippedAgain))
 	}
 	b.assertEntries(t, entries)
@@ -343,7 +355,7 @@ func TestImportDryRunWritesNothing(t *testing.T) {
 		t.Fatalf("put: %v", err)
 	}
 	sum, skipped := b.run(t, flyteimport.Config{Org: "fallback", DryRun: true, BatchSize: 4})
-	if !sum.DryRun || sum.Read != 13 || sum.Imported != int64(len(entries)-1) || sum.Present != 1 || len(skipped) != len(skips) {
+	if !sum.DryRun || sum.Read != 14 || sum.Imported != int64(len(entries)-1) || sum.Present != 1 || len(skipped) != len(skips) {
 		t.Errorf("dry run: summary = %+v, %d skipped", sum, len(skipped))
 	}
 	if got := b.countOurs(t); got != 1 {
@@ -423,4 +435,64 @@ func TestImportRefusesADatabaseThatIsNotFlytes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cache_service_outputs") {
 		t.Fatalf("err = %v, want one naming Flyte's table", err)
 	}
+}
+
+// millionEnv turns on the import of a million generated rows, which measures
+// the import's rate; it takes about a minute, so it never runs by default.
+const millionEnv = "CACHESERVICE_IMPORT_MILLION"
+
+// TestImportMillionRows generates a million rows as Flyte's executor writes
+// them (ten projects, metadata on every row) and imports them, logging the
+// rate; a re-run must then find every entry present.
+func TestImportMillionRows(t *testing.T) {
+	if os.Getenv(millionEnv) == "" {
+		t.Skipf("set %s=1 to import a million rows and measure the rate", millionEnv)
+	}
+	b := setup(t)
+	const projects = 10
+	total := 1_000_000
+	if v := os.Getenv("CACHESERVICE_IMPORT_ROWS"); v != "" { // smaller runs, for profiling
+		if _, err := fmt.Sscan(v, &total); err != nil {
+			t.Fatalf("CACHESERVICE_IMPORT_ROWS=%q: want a number", v)
+		}
+	}
+	var mds [][]byte
+	for p := range projects {
+		md, err := proto.Marshal(executorMetadata("acme", fmt.Sprintf("proj-%d", p), "development", "wf.task", "v1", t0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mds = append(mds, md)
+	}
+	start := time.Now()
+	if _, err := b.srcConn.Exec(b.ctx, `
+		INSERT INTO cache_service_outputs (key, output_uri, metadata, last_updated, created_at)
+		SELECT 'proj-' || (i % 10) || '-development-' || md5(i::text) || '-' || left(md5((-i)::text), 8) || '-v1',
+		       's3://flyte-bucket/metadata/outputs/' || md5(i::text) || '/outputs.pb',
+		       ($1::bytea[])[i % 10 + 1], now(), now()
+		FROM generate_series(1, $2::int) AS i`, mds, total); err != nil {
+		t.Fatalf("generate rows: %v", err)
+	}
+	if _, err := b.srcConn.Exec(b.ctx, `ANALYZE cache_service_outputs`); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("generated %d rows in %v", total, time.Since(start).Round(time.Millisecond))
+	batch := 1000
+	if v := os.Getenv("CACHESERVICE_IMPORT_BATCH"); v != "" {
+		if _, err := fmt.Sscan(v, &batch); err != nil {
+			t.Fatalf("CACHESERVICE_IMPORT_BATCH=%q: want a number", v)
+		}
+	}
+	sum, _ := b.run(t, flyteimport.Config{BatchSize: batch})
+	if sum.Imported != int64(total) {
+		t.Fatalf("imported %d, want %d: %+v", sum.Imported, total, sum)
+	}
+	t.Logf("batch %d: imported %d rows in %v: %.0f rows/s", batch, sum.Imported, sum.Elapsed.Round(time.Millisecond),
+		float64(sum.Read)/sum.Elapsed.Seconds())
+	again, _ := b.run(t, flyteimport.Config{BatchSize: batch})
+	if again.Imported != 0 || again.Present != int64(total) {
+		t.Fatalf("re-run: %+v", again)
+	}
+	t.Logf("re-run: %d rows found present in %v: %.0f rows/s", again.Present, again.Elapsed.Round(time.Millisecond),
+		float64(again.Read)/again.Elapsed.Seconds())
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -47,17 +48,18 @@ var errNotFlyte = errors.New("the source database has no cache_service_outputs t
 // first is set), in key order. Keyset paging keeps each read short and lets
 // an interrupted import resume from the last key it reported.
 func (s *source) batch(ctx context.Context, after string, first bool, limit int) ([]flyteRow, error) {
-	// Two statements, not one with "$1 OR key > $2": a generic plan of that
-	// could not start the index scan at the key, and each batch would scan
-	// every row before it.
-	const columns = `SELECT key, output_uri, metadata, last_updated, created_at FROM cache_service_outputs`
-	var rows pgx.Rows
-	var err error
-	if first {
-		rows, err = s.conn.Query(ctx, columns+` ORDER BY key LIMIT $1`, limit)
-	} else {
-		rows, err = s.conn.Query(ctx, columns+` WHERE key > $1 ORDER BY key LIMIT $2`, after, limit)
+	// Two statements, not one with "$1 OR key > $2", and the limit written
+	// into the text: a generic plan of either parameter could not be sure
+	// that an index scan stopping after limit rows is cheapest, and would
+	// scan and sort the whole table for every batch.
+	query := `SELECT key, output_uri, metadata, last_updated, created_at FROM cache_service_outputs`
+	args := []any{}
+	if !first {
+		query += ` WHERE key > $1`
+		args = append(args, after)
 	}
+	query += ` ORDER BY key LIMIT ` + strconv.Itoa(limit)
+	rows, err := s.conn.Query(ctx, query, args...)
 	if err != nil {
 		return nil, sourceError(err)
 	}
