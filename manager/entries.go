@@ -24,6 +24,17 @@ func (m *Manager) Get(ctx context.Context, req *cachev1.GetRequest) (*cachev1.Ge
 // minus max_age; otherwise ALREADY_EXISTS. A replaced entry keeps its
 // created_at. The decision and the write are one statement in the store.
 func (m *Manager) Put(ctx context.Context, now time.Time, req *cachev1.PutRequest) (*cachev1.PutResponse, error) {
+	e, replace, err := m.entryOf(now, req)
+	if err != nil {
+		return nil, err
+	}
+	return m.putEntry(ctx, e, replace)
+}
+
+// entryOf is the entry and replace rule a Put asks for: the one place that
+// applies the inline limit, server timestamps and the overwrite and max_age
+// rules, for this API and Flyte's.
+func (m *Manager) entryOf(now time.Time, req *cachev1.PutRequest) (store.Entry, store.Replace, error) {
 	now = dbTime(now)
 	out := req.GetOutput()
 	e := store.Entry{
@@ -40,20 +51,25 @@ func (m *Manager) Put(ctx context.Context, now time.Time, req *cachev1.PutReques
 		e.URI = v.Uri
 	case *cachev1.CachedOutput_Inline:
 		if len(v.Inline) > m.cfg.MaxInlineBytes {
-			return nil, invalidArgument("output.inline", "is %d bytes, more than the limit of %d", len(v.Inline), m.cfg.MaxInlineBytes)
+			return store.Entry{}, store.Replace{}, invalidArgument("output.inline", "is %d bytes, more than the limit of %d", len(v.Inline), m.cfg.MaxInlineBytes)
 		}
 		e.Inline = v.Inline
 	default:
-		return nil, invalidArgument("output.value", "exactly one of uri or inline is required")
+		return store.Entry{}, store.Replace{}, invalidArgument("output.value", "exactly one of uri or inline is required")
 	}
 	replace := store.Replace{Always: req.GetOverwrite()}
 	if req.MaxAge != nil {
 		maxAge, err := positiveDuration("max_age", req.GetMaxAge())
 		if err != nil {
-			return nil, err
+			return store.Entry{}, store.Replace{}, err
 		}
 		replace.UpdatedBefore = now.Add(-maxAge)
 	}
+	return e, replace, nil
+}
+
+// putEntry stores e as replace allows.
+func (m *Manager) putEntry(ctx context.Context, e store.Entry, replace store.Replace) (*cachev1.PutResponse, error) {
 	if err := m.store.PutEntry(ctx, e, replace); err != nil {
 		return nil, m.toConnectError(ctx, "put", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 )
 
 // Interceptor returns a Connect interceptor that counts RPCs by procedure and
@@ -50,7 +51,8 @@ func (m *Metrics) observeRPC(procedure string, started time.Time, err error) {
 	m.latency.WithLabelValues(procedure).Observe(time.Since(started).Seconds())
 	code := codeOf(err)
 	m.requests.WithLabelValues(procedure, code).Inc()
-	if procedure == cachev1connect.CacheServiceGetProcedure {
+	// Both APIs' Gets are lookups of the same cache.
+	if procedure == cachev1connect.CacheServiceGetProcedure || procedure == flytecachev2connect.CacheServiceGetProcedure {
 		switch code {
 		case "ok":
 			m.lookups.WithLabelValues("hit").Inc()

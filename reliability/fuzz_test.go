@@ -16,6 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
+	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
@@ -134,7 +138,11 @@ func decodeRequest(msg request, binary bool, body []byte) (_ request, valid bool
 	if err != nil {
 		return nil, false
 	}
-	return msg, protovalidate.Validate(msg) == nil && durationsValid(msg)
+	valid = protovalidate.Validate(msg) == nil && durationsValid(msg)
+	if fr, ok := msg.(flyteRequest); ok && valid {
+		valid = fr.valid(binary)
+	}
+	return msg, valid
 }
 
 // durationsValid checks what the manager checks beyond the proto's rules: a
@@ -189,6 +197,11 @@ func (b *testBundle) populate(t testing.TB) {
 	for _, e := range []store.Entry{
 		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}, CreatedAt: now, LastUpdatedAt: now},
 		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t", CreatedAt: now, LastUpdatedAt: now},
+		// Written through Flyte's API: a URI and a LiteralMap, with Flyte's source.
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "flyte"}, URI: "s3://b/f", SourceName: "t", SourceVersion: "v",
+			FlyteSource: flyteSourceBytes, CreatedAt: now, LastUpdatedAt: now},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "literals"}, Inline: []byte{0x0a, 0x03, 0x0a, 0x01, 'x'}, Literals: true,
+			SourceName: "t", SourceVersion: "v", FlyteSource: flyteSourceBytes, CreatedAt: now, LastUpdatedAt: now},
 	} {
 		if err := b.store.PutEntry(ctx, e, store.Replace{Always: true}); err != nil {
 			t.Fatalf("populate entry: %v", err)
@@ -362,5 +375,173 @@ func checkRelease(t *testing.T, o outcome) {
 		}
 	} else if !sameReservation(o.before.reservation, o.after.reservation) {
 		t.Fatalf("release by a non-owner changed %+v to %+v", o.before.reservation, o.after.reservation)
+	}
+}
+
+// Flyte's cache API (flyteidl2.cacheservice.v2) gets the same treatment: the
+// same server, table and invariants, through Flyte's messages.
+
+func FuzzFlyteGet(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceGetProcedure, func() request {
+		m := &flytecachev2.GetCacheRequest{}
+		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+	}, checkFlyteGet)
+}
+
+func FuzzFlytePut(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServicePutProcedure, func() request {
+		m := &flytecachev2.PutCacheRequest{}
+		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+	}, checkFlytePut)
+}
+
+func FuzzFlyteDelete(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceDeleteProcedure, func() request {
+		m := &flytecachev2.DeleteCacheRequest{}
+		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+	}, checkDelete)
+}
+
+func FuzzFlyteGetOrExtendReservation(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure, func() request {
+		m := &flytecachev2.GetOrExtendReservationRequest{}
+		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+	}, func(t *testing.T, o outcome) {
+		// Flyte's response is ours on the wire; only the owner is needed.
+		o.req = &cachev1.GetOrExtendReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.GetOrExtendReservationRequest).GetBaseRequest().GetOwnerId()}
+		checkClaim(t, o)
+	})
+}
+
+func FuzzFlyteReleaseReservation(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceReleaseReservationProcedure, func() request {
+		m := &flytecachev2.ReleaseReservationRequest{}
+		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+	}, func(t *testing.T, o outcome) {
+		o.req = &cachev1.ReleaseReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.ReleaseReservationRequest).GetBaseRequest().GetOwnerId()}
+		checkRelease(t, o)
+	})
+}
+
+func init() {
+	for _, p := range []string{flytecachev2connect.CacheServiceGetProcedure, flytecachev2connect.CacheServicePutProcedure,
+		flytecachev2connect.CacheServiceDeleteProcedure, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure,
+		flytecachev2connect.CacheServiceReleaseReservationProcedure} {
+		allowedCodes[p] = allowedCodes[p[strings.LastIndex(p, "/")+1:]]
+	}
+}
+
+// flyteSourceBytes is a stored Flyte source identifier (TASK t@v).
+var flyteSourceBytes = []byte{0x08, 0x01, 0x22, 0x01, 't', 0x2a, 0x01, 'v'}
+
+// flyteRequest lets a Flyte request stand where the fuzz harness expects
+// ours: its identifier is our scope, its base_request's key our key.
+type flyteRequest struct {
+	proto.Message
+	identifier func() *flytecachev2.Identifier
+	key        func() string
+}
+
+func (r flyteRequest) GetScope() *cachev1.Scope {
+	id := r.identifier()
+	if id == nil {
+		return nil
+	}
+	return &cachev1.Scope{Org: id.GetOrg(), Project: id.GetProject(), Domain: id.GetDomain()}
+}
+
+func (r flyteRequest) GetKey() string { return r.key() }
+
+// valid is what Flyte's API checks beyond the proto's rules: well-formed
+// durations (zero heartbeat allowed, it means the maximum), and literals only
+// over binary protobuf.
+func (r flyteRequest) valid(binary bool) bool {
+	switch m := r.Message.(type) {
+	case *flytecachev2.PutCacheRequest:
+		if d := m.GetBaseRequest().GetOverwrite().GetMaxAge(); d != nil && d.CheckValid() != nil {
+			return false
+		}
+		if m.GetBaseRequest().GetOutput().GetOutputLiterals() != nil && !binary {
+			return false
+		}
+	case *flytecachev2.GetOrExtendReservationRequest:
+		if d := m.GetBaseRequest().GetHeartbeatInterval(); d != nil && d.CheckValid() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// flyteReadable reports whether Flyte's Get may serve e: a Flyte source
+// identifier, and a URI or a LiteralMap.
+func flyteReadable(e *store.Entry) bool {
+	return e != nil && e.FlyteSource != nil && (e.URI != "" || e.Literals)
+}
+
+// matchesFlyteOutput reports whether the stored entry e holds exactly out.
+func matchesFlyteOutput(t *testing.T, e *store.Entry, out *flytecache.CachedOutput) bool {
+	t.Helper()
+	if e == nil || e.FlyteSource == nil {
+		return false
+	}
+	src := &flytecore.Identifier{}
+	if err := proto.Unmarshal(e.FlyteSource, src); err != nil {
+		t.Fatalf("stored source: %v", err)
+	}
+	md := out.GetMetadata()
+	if !proto.Equal(src, md.GetSourceIdentifier()) || e.SourceName != src.GetName() || e.SourceVersion != src.GetVersion() ||
+		!maps.Equal(e.Labels, md.GetKeyMap().GetValues()) {
+		return false
+	}
+	switch v := out.GetOutput().(type) {
+	case *flytecache.CachedOutput_OutputUri:
+		return e.URI == v.OutputUri && !e.Literals
+	case *flytecache.CachedOutput_OutputLiterals:
+		b, err := proto.Marshal(v.OutputLiterals)
+		return err == nil && e.URI == "" && e.Literals && bytes.Equal(e.Inline, b)
+	}
+	return false
+}
+
+func checkFlyteGet(t *testing.T, o outcome) {
+	switch o.resp.code {
+	case 0:
+		var resp flytecache.GetCacheResponse
+		decodeResponse(t, o, &resp)
+		md := resp.GetOutput().GetMetadata()
+		if md.GetLastUpdatedAt() == nil || md.GetSourceIdentifier() == nil || resp.GetOutput().GetOutput() == nil {
+			t.Fatalf("Get answered %v, which Flyte's client refuses", resp.GetOutput())
+		}
+		if !o.binary && resp.GetOutput().GetOutputLiterals() != nil {
+			return // JSON shows literals as {}; the bytes are checked over binary
+		}
+		if !flyteReadable(o.before.entry) || !matchesFlyteOutput(t, o.before.entry, resp.GetOutput()) {
+			t.Fatalf("Get answered %v, database held %+v", resp.GetOutput(), o.before.entry)
+		}
+	case connect.CodeNotFound:
+		if flyteReadable(o.before.entry) {
+			t.Fatalf("Get answered not_found, database held %+v", o.before.entry)
+		}
+	}
+	assertUnchanged(t, o.before, o.after)
+}
+
+func checkFlytePut(t *testing.T, o outcome) {
+	req := o.req.(flyteRequest).Message.(*flytecachev2.PutCacheRequest).GetBaseRequest()
+	switch o.resp.code {
+	case 0:
+		if o.before.entry != nil && !req.GetOverwrite().GetOverwrite() && req.GetOverwrite().GetMaxAge() == nil {
+			t.Fatalf("Put replaced %+v without overwrite or max_age", o.before.entry)
+		}
+		if !matchesFlyteOutput(t, o.after.entry, req.GetOutput()) {
+			t.Fatalf("Put succeeded, database holds %+v, want %v", o.after.entry, req.GetOutput())
+		}
+		if o.before.entry != nil && !o.after.entry.CreatedAt.Equal(o.before.entry.CreatedAt) {
+			t.Fatalf("Put changed created_at %v -> %v", o.before.entry.CreatedAt, o.after.entry.CreatedAt)
+		}
+	case connect.CodeAlreadyExists:
+		if o.before.entry == nil || req.GetOverwrite().GetOverwrite() {
+			t.Fatalf("Put answered already_exists with entry %+v, overwrite %v", o.before.entry, req.GetOverwrite())
+		}
 	}
 }

@@ -69,6 +69,7 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 	m := manager.New(st, cfg, slog.New(logs))
 	mux := http.NewServeMux()
 	mux.Handle(service.NewHandler(m, connect.WithReadMaxBytes(maxRequestBytes)))
+	mux.Handle(service.NewFlyteHandler(m, connect.WithReadMaxBytes(maxRequestBytes)))
 	srv := httptest.NewUnstartedServer(mux)
 	srv.Config.Protocols = protocols()
 	srv.Config.ReadHeaderTimeout = 5 * time.Second
@@ -148,7 +149,11 @@ type rawResponse struct {
 // and decodes the error body, if any.
 func (b *testBundle) post(ctx context.Context, t testing.TB, procedure, contentType string, body io.Reader, header http.Header) rawResponse {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+"/"+cachev1connect.CacheServiceName+"/"+procedure, body)
+	path := "/" + cachev1connect.CacheServiceName + "/" + procedure
+	if strings.HasPrefix(procedure, "/") { // a full path, as for Flyte's API
+		path = procedure
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+path, body)
 	if err != nil {
 		t.Fatalf("new request: %v", err)
 	}

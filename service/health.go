@@ -61,7 +61,8 @@ func NewReadiness(m *manager.Manager, cfg ReadinessConfig, logger *slog.Logger) 
 
 // Check implements grpchealth.Checker.
 func (r *Readiness) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
-	if req.Service != "" && req.Service != cachev1connect.CacheServiceName {
+	// Both APIs share the manager and the database, so one status is theirs.
+	if req.Service != "" && req.Service != cachev1connect.CacheServiceName && req.Service != FlyteServiceName {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %s", req.Service))
 	}
 	status, err := r.current(ctx)

@@ -22,6 +22,14 @@ type Entry struct {
 	Labels        map[string]string
 	CreatedAt     time.Time
 	LastUpdatedAt time.Time
+	// Literals says Inline holds a serialized Flyte LiteralMap stored
+	// through Flyte's API (migration 004). GetEntry sets it only while the
+	// stored digest still matches the bytes.
+	Literals bool
+	// FlyteSource is a serialized flyteidl2.core.Identifier stored through
+	// Flyte's API, nil otherwise. The store keeps it opaque; whether it still
+	// describes the entry is the manager's call.
+	FlyteSource []byte
 }
 
 // Replace says when PutEntry may replace an existing entry.
@@ -40,11 +48,17 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	e := Entry{ID: id}
 	var uri *string
 	err := s.pool.QueryRow(ctx, `
-		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at
+		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
+			-- A LiteralMap only while the digest matches: a previous
+			-- version's overwrite leaves a stale digest (migration 004).
+			literals_sha256 IS NOT NULL AND output_inline IS NOT NULL
+				AND literals_sha256 = sha256(output_inline),
+			flyte_source
 		FROM cache_entries
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key,
-	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt)
+	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt,
+		&e.Literals, &e.FlyteSource)
 	if err != nil {
 		return Entry{}, classify("get entry", err)
 	}
@@ -85,18 +99,22 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	}
 	tag, err := s.pool.Exec(ctx, `
 		INSERT INTO cache_entries AS e
-			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
+			 literals_sha256, flyte_source)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+			CASE WHEN $14::boolean AND $6::bytea IS NOT NULL THEN sha256($6::bytea) END, $15)
 		ON CONFLICT (org, project, domain, key) DO UPDATE SET
 			output_uri      = EXCLUDED.output_uri,
 			output_inline   = EXCLUDED.output_inline,
 			source_name     = EXCLUDED.source_name,
 			source_version  = EXCLUDED.source_version,
 			labels          = EXCLUDED.labels,
-			last_updated_at = EXCLUDED.last_updated_at
+			last_updated_at = EXCLUDED.last_updated_at,
+			literals_sha256 = EXCLUDED.literals_sha256,
+			flyte_source    = EXCLUDED.flyte_source
 		WHERE $12 OR e.last_updated_at < $13`,
 		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
-		e.CreatedAt, e.LastUpdatedAt, replace.Always, updatedBefore,
+		e.CreatedAt, e.LastUpdatedAt, replace.Always, updatedBefore, e.Literals && uri == nil, e.FlyteSource,
 	)
 	if err != nil {
 		return classify("put entry", err)

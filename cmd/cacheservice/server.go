@@ -42,14 +42,18 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	}, logger, manager.WithObserver(ops.metrics))
 
 	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(m,
+	apiOpts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
 		connect.WithInterceptors(ops.interceptors(logFailures(logger))...),
-	))
+	}
+	mux.Handle(service.NewHandler(m, apiOpts...))
+	// Flyte's cache API, over the same manager: a Flyte executor switches by
+	// pointing its cacheServiceURL here.
+	mux.Handle(service.NewFlyteHandler(m, apiOpts...))
 	readiness := service.NewReadiness(m, service.ReadinessConfig{}, logger)
 	mux.Handle(grpchealth.NewHandler(readiness))
 	mux.Handle("/readyz", readiness)
-	reflector := grpcreflect.NewStaticReflector(cachev1connect.CacheServiceName, grpchealth.HealthV1ServiceName)
+	reflector := grpcreflect.NewStaticReflector(cachev1connect.CacheServiceName, service.FlyteServiceName, grpchealth.HealthV1ServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 

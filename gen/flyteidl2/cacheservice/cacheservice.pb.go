@@ -168,7 +168,9 @@ type CachedOutput struct {
 	//	*CachedOutput_OutputLiterals
 	//	*CachedOutput_OutputUri
 	Output isCachedOutput_Output `protobuf_oneof:"output"`
-	// metadata describes the output.
+	// metadata describes the output. Required in a Put, with its
+	// source_identifier: an entry stored without them could never be a hit
+	// for Flyte's client, yet would refuse its non-overwriting Puts forever.
 	Metadata      *Metadata `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -887,18 +889,18 @@ const file_flyteidl2_cacheservice_cacheservice_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\v22.flyteidl2.cacheservice.KeyMapMetadata.ValuesEntryB&\xbaH#\x9a\x01 \x10@\"\x11r\x0f\x10\x01\x18?2\t^\\P{Cc}*$*\tr\a\x18\x80\b\xba\x01\x01\x00R\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x02\n" +
-	"\bMetadata\x12G\n" +
-	"\x11source_identifier\x18\x01 \x01(\v2\x1a.flyteidl2.core.IdentifierR\x10sourceIdentifier\x12?\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9b\x02\n" +
+	"\bMetadata\x12O\n" +
+	"\x11source_identifier\x18\x01 \x01(\v2\x1a.flyteidl2.core.IdentifierB\x06\xbaH\x03\xc8\x01\x01R\x10sourceIdentifier\x12?\n" +
 	"\akey_map\x18\x02 \x01(\v2&.flyteidl2.cacheservice.KeyMapMetadataR\x06keyMap\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n" +
-	"\x0flast_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rlastUpdatedAt\"\xdc\x01\n" +
+	"\x0flast_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rlastUpdatedAt\"\xe4\x01\n" +
 	"\fCachedOutput\x12E\n" +
 	"\x0foutput_literals\x18\x01 \x01(\v2\x1a.flyteidl2.core.LiteralMapH\x00R\x0eoutputLiterals\x126\n" +
 	"\n" +
-	"output_uri\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80 2\t^\\P{Cc}*$H\x00R\toutputUri\x12<\n" +
-	"\bmetadata\x18\x03 \x01(\v2 .flyteidl2.cacheservice.MetadataR\bmetadataB\x0f\n" +
+	"output_uri\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80 2\t^\\P{Cc}*$H\x00R\toutputUri\x12D\n" +
+	"\bmetadata\x18\x03 \x01(\v2 .flyteidl2.cacheservice.MetadataB\x06\xbaH\x03\xc8\x01\x01R\bmetadataB\x0f\n" +
 	"\x06output\x12\x05\xbaH\x02\b\x01\":\n" +
 	"\x0fGetCacheRequest\x12'\n" +
 	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\"P\n" +
