@@ -14,7 +14,9 @@ import (
 // ImportEntries inserts, in one statement, each entry whose ID is not stored
 // yet, and leaves every existing entry untouched (ON CONFLICT DO NOTHING), so
 // that an import can run again, or resume, without overwriting anything. The
-// entries keep their own CreatedAt and LastUpdatedAt. It returns how many
+// entries keep their own CreatedAt and LastUpdatedAt, and are marked as
+// PutEntry marks them (a LiteralMap's digest, Flyte's source identifier as
+// given). It returns how many
 // were inserted; the rest were present already. One entry too large to index
 // fails the whole statement with ErrTooLarge, and nothing is inserted.
 func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted int64, err error) {
@@ -28,6 +30,8 @@ func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted in
 		inlines                       = make([][]byte, n)
 		names, versions, labels       = make([]string, n), make([]string, n), make([]string, n)
 		created, updated              = make([]time.Time, n), make([]time.Time, n)
+		literals                      = make([]bool, n)
+		flyteSources                  = make([][]byte, n)
 	)
 	for i, e := range entries {
 		orgs[i], projects[i], domains[i], keys[i] = e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key
@@ -50,6 +54,8 @@ func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted in
 		}
 		labels[i] = string(b)
 		created[i], updated[i] = e.CreatedAt, e.LastUpdatedAt
+		literals[i] = e.Literals && uris[i] == nil
+		flyteSources[i] = e.FlyteSource
 	}
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
@@ -57,13 +63,15 @@ func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted in
 	// statement for the whole batch, whatever its size.
 	tag, err := s.pool.Exec(ctx, `
 		INSERT INTO cache_entries
-			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at)
-		SELECT o, p, d, k, u, i, sn, sv, l::jsonb, c, lu
+			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
+			 literals_sha256, flyte_source)
+		SELECT o, p, d, k, u, i, sn, sv, l::jsonb, c, lu, CASE WHEN lit THEN sha256(i) END, fs
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-		            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[])
-			AS t(o, p, d, k, u, i, sn, sv, l, c, lu)
+		            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+		            $12::boolean[], $13::bytea[])
+			AS t(o, p, d, k, u, i, sn, sv, l, c, lu, lit, fs)
 		ON CONFLICT (org, project, domain, key) DO NOTHING`,
-		orgs, projects, domains, keys, uris, inlines, names, versions, labels, created, updated)
+		orgs, projects, domains, keys, uris, inlines, names, versions, labels, created, updated, literals, flyteSources)
 	if err != nil {
 		return 0, classify("import entries", err)
 	}

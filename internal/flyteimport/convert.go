@@ -120,6 +120,11 @@ func (c *converter) convert(r flyteRow) (e store.Entry, fromKey bool, skip *Skip
 	if created := md.createdAt(); !created.IsZero() {
 		e.CreatedAt = dbTime(created)
 	}
+	// Flyte's whole source identifier is kept as well, so that Flyte's API
+	// as we serve it answers the imported entry as Flyte's service did.
+	if e.FlyteSource, err = md.sourceBytes(); err != nil {
+		return skipped(ReasonBadMetadata, "%v", err)
+	}
 	if err := c.check(e, md); err != nil {
 		return skipped(ReasonOverLimit, "%s", err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 	"github.com/cacheservice/cacheservice/internal/flyteimport"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -135,6 +136,7 @@ func realisticRows(t *testing.T, b *testBundle) ([]want, map[string]flyteimport.
 	t.Helper()
 	exec := executorMetadata("acme", "flytesnacks", "development", "wf.train", "v7", t0)
 	dashed := executorMetadata("acme-eu", "ml-team", "dev-eu", "pipe.step-1", "2026-03-01", t0)
+	dashed.SourceIdentifier.ResourceType = flytecore.ResourceType_WORKFLOW
 	noOrg := executorMetadata("", "solo", "production", "t", "1", t0)
 	longLabel := executorMetadata("acme", "p", "d", "t", "1", t0)
 	longLabel.KeyMap.Values[strings.Repeat("k", 64)] = "v"
@@ -246,6 +248,37 @@ func (b *testBundle) assertEntries(t *testing.T, entries []want) {
 		if u := md.GetLastUpdatedAt().AsTime(); !u.Equal(w.lastUpdatedAt) {
 			t.Errorf("%s: last_updated_at = %v, want %v", w.source, u, w.lastUpdatedAt)
 		}
+		b.assertFlyteView(t, w)
+	}
+}
+
+// assertFlyteView reads an expected entry through Flyte's API as we serve
+// it: a row with a source identifier answers with all of it, as Flyte's
+// service did; one without is a miss there (Flyte's client refuses a hit
+// without a source), though it exists.
+func (b *testBundle) assertFlyteView(t *testing.T, w want) {
+	t.Helper()
+	res, err := b.manager.FlyteGet(b.ctx, &flytecachev2.GetCacheRequest{
+		BaseRequest: &flytecache.GetCacheRequest{Key: w.key},
+		Identifier:  &flytecachev2.Identifier{Org: w.org, Project: w.project, Domain: w.domain},
+	})
+	if w.flyteSource == nil {
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("%s: Flyte's Get = %v, %v; want not_found without a source identifier", w.source, res, err)
+		}
+		return
+	}
+	if err != nil {
+		t.Errorf("%s: Flyte's Get: %v", w.source, err)
+		return
+	}
+	out := res.GetOutput()
+	if out.GetOutputUri() != w.uri || !proto.Equal(out.GetMetadata().GetSourceIdentifier(), w.flyteSource) ||
+		!maps.Equal(out.GetMetadata().GetKeyMap().GetValues(), w.labels) ||
+		!out.GetMetadata().GetCreatedAt().AsTime().Equal(w.createdAt) ||
+		!out.GetMetadata().GetLastUpdatedAt().AsTime().Equal(w.lastUpdatedAt) {
+		t.Errorf("%s: Flyte's Get = %v, want uri %q, source %v, key map %v, times %v %v",
+			w.source, out, w.uri, w.flyteSource, w.labels, w.createdAt, w.lastUpdatedAt)
 	}
 }
 
