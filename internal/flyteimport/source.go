@@ -31,7 +31,13 @@ type source struct {
 }
 
 func openSource(ctx context.Context, url string) (*source, error) {
-	conn, err := pgx.Connect(ctx, url)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse the Flyte database's URL: %w", err)
+	}
+	// The import only reads Flyte's database; the session makes sure.
+	cfg.RuntimeParams["default_transaction_read_only"] = "on"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		// pgx redacts the password of a URL it could parse.
 		return nil, fmt.Errorf("connect to the Flyte database: %w", err)
