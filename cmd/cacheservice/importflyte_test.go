@@ -101,6 +101,7 @@ func TestImportFlyteCommandImportsReportsAndRerunsIdempotently(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
 	}
+	t.Logf("stdout:\n%s", out)
 	for _, want := range []string{
 		`skipped ambiguous_key "a-b-c-d": no metadata`,
 		"import-flyte: 2 rows read",

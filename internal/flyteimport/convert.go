@@ -102,6 +102,9 @@ func (c *converter) convert(r flyteRow) (e store.Entry, fromKey bool, skip *Skip
 	if org == "" {
 		org = c.org
 	}
+	if org == "" && fromKey {
+		return skipped(ReasonNoOrg, "no metadata places the row, so none names its org; pass --org to name the org Flyte dropped")
+	}
 	if org == "" {
 		return skipped(ReasonNoOrg, "the metadata names no org; pass --org to name the org Flyte dropped")
 	}
