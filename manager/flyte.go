@@ -34,10 +34,15 @@ var errFlyteUnreadable = errors.New("entry not found for Flyte's API: it was wri
 // output it can decode); an entry that cannot is NOT_FOUND.
 func (m *Manager) FlyteGet(ctx context.Context, req *flytecachev2.GetCacheRequest) (*flytecache.GetCacheResponse, error) {
 	e, err := m.store.GetEntry(ctx, flyteID(req.GetIdentifier(), req.GetBaseRequest().GetKey()))
+	if errors.Is(err, store.ErrNotFound) {
+		m.observer.ObserveLookup(false)
+	}
 	if err != nil {
 		return nil, m.toConnectError(ctx, "get", err)
 	}
 	out, ok := flyteOutputOf(e)
+	// What Flyte's client cannot use is a miss for it, and counted as one.
+	m.observer.ObserveLookup(ok)
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, errFlyteUnreadable)
 	}

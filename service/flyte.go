@@ -17,14 +17,11 @@ import (
 	"github.com/cacheservice/cacheservice/manager"
 )
 
-// FlyteServiceName is the fully qualified name of Flyte's cache API, for
-// reflection and health.
-const FlyteServiceName = flytecachev2connect.CacheServiceName
-
 // NewFlyteHandler returns the path and handler of Flyte's cache API
 // (flyteidl2.cacheservice.v2.CacheService) over m, the same manager as ours,
-// so both APIs share one policy and one table. Options are ordered as in
-// NewHandler: the caller's interceptors first, validation last.
+// so both APIs share one policy and one table; the edge mounts it beside
+// ours. Options are ordered as in NewHandler: the caller's interceptors
+// first, validation last.
 func NewFlyteHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler) {
 	opts = slices.Concat(
 		[]connect.HandlerOption{connect.WithCompressMinBytes(compressMinBytes)},

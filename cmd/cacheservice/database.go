@@ -35,7 +35,7 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		}
 	}()
 
-	url := cfg.DatabaseURL
+	storeCfg := cfg.Store
 	if cfg.embedded() {
 		db.kind = "embedded"
 		// Fail first with the one line that says what to install.
@@ -51,10 +51,10 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		if err != nil {
 			return nil, err
 		}
-		url = db.embedded.ConnString(embeddedpg.DefaultDatabase)
+		storeCfg.URL = db.embedded.ConnString(embeddedpg.DefaultDatabase)
 	}
 
-	db.store, err = store.Open(ctx, store.Config{URL: url, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout})
+	db.store, err = store.Open(ctx, storeCfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}

@@ -34,13 +34,16 @@ type flyteProtocol struct {
 
 // flyteProtocols: Connect binary over HTTP/1.1 with http.DefaultClient,
 // exactly as Flyte's executor builds its client (NewHTTPClient), then gRPC
-// over h2c and Connect JSON, which other tools may use.
+// over h2c, Connect JSON and gRPC-Web, which other tools may use. Tests
+// index into it: [:2] are the binary ones Flyte's executor could use, [2]
+// is JSON.
 func (s *testServer) flyteProtocols(t *testing.T) []flyteProtocol {
 	t.Helper()
 	return []flyteProtocol{
 		{"connect+proto/http1.1/default-client", flytecachev2connect.NewCacheServiceClient(http.DefaultClient, s.url)},
 		{"grpc/h2c", flytecachev2connect.NewCacheServiceClient(h2cClient(t), s.url, connect.WithGRPC())},
 		{"connect+json/http1.1", flytecachev2connect.NewCacheServiceClient(http1Client(t), s.url, connect.WithProtoJSON())},
+		{"grpc-web/http1.1", flytecachev2connect.NewCacheServiceClient(http1Client(t), s.url, connect.WithGRPCWeb())},
 	}
 }
 
@@ -60,13 +63,15 @@ func taskSource() *flytecore.Identifier {
 	}
 }
 
-// flyteMetadata is what Flyte's client sends with a Put (newCacheMetadata).
+// flyteMetadata is what Flyte's client sends with a Put (newCacheMetadata),
+// an empty exec-org included.
 func flyteMetadata() *flytecache.Metadata {
 	return &flytecache.Metadata{
 		SourceIdentifier: taskSource(),
 		KeyMap: &flytecache.KeyMapMetadata{Values: map[string]string{
+			// The keys of Flyte's metadata_keys.go.
 			"task-version": "v-7f3a", "exec-project": "flytesnacks", "exec-domain": "development",
-			"exec-name": "a1b2c3", "node-id": "n0", "exec-attempt": "0", "exec-org": "org-a",
+			"execution-name": "a1b2c3", "exec-node": "n0", "exec-attempt": "0", "exec-org": "",
 		}},
 	}
 }
@@ -360,7 +365,7 @@ func TestFlyteAndOurAPIShareEntries(t *testing.T) {
 		}
 		out := res.Msg.GetOutput()
 		if out.GetUri() != "s3://b/f" || out.GetMetadata().GetSource().GetName() != "wf.train" ||
-			out.GetMetadata().GetSource().GetVersion() != "v-7f3a" || out.GetMetadata().GetLabels()["exec-name"] != "a1b2c3" {
+			out.GetMetadata().GetSource().GetVersion() != "v-7f3a" || out.GetMetadata().GetLabels()["execution-name"] != "a1b2c3" {
 			t.Fatalf("our Get = %v", out)
 		}
 		// Another org with the same project, domain and key is another entry.

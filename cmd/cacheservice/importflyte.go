@@ -30,15 +30,15 @@ type importConfig struct {
 // comes from --database-url or the same environment variables as serve's,
 // else the embedded PostgreSQL in --data-dir.
 func parseImportConfig(args []string, env lookupEnv, output io.Writer) (importConfig, error) {
-	cfg := importConfig{db: Config{DBMaxConns: 2, ShutdownTimeout: 15 * time.Second}, progressEvery: time.Second}
+	cfg := importConfig{db: Config{Store: store.Config{MaxConns: 2}, ShutdownTimeout: 15 * time.Second}, progressEvery: time.Second}
 	fs := flag.NewFlagSet("cacheservice import-flyte", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	var projects, domains string
 	fs.StringVar(&cfg.run.From, "from", "", "connection `URL` of Flyte's cache service database (read only; required)")
-	fs.StringVar(&cfg.db.DatabaseURL, "database-url", "", "our PostgreSQL connection `URL` (env CACHESERVICE_DATABASE_URL, else DATABASE_URL); empty uses the embedded PostgreSQL in --data-dir")
+	fs.StringVar(&cfg.db.Store.URL, "database-url", "", "our PostgreSQL connection `URL` (env CACHESERVICE_DATABASE_URL, else DATABASE_URL); empty uses the embedded PostgreSQL in --data-dir")
 	fs.StringVar(&cfg.db.DataDir, "data-dir", ".cacheservice", "`directory` of the embedded PostgreSQL, when no database URL is given (env CACHESERVICE_DATA_DIR)")
-	fs.DurationVar(&cfg.db.DBTimeout, "db-timeout", 30*time.Second, "deadline of each batch's write to our database")
+	fs.DurationVar(&cfg.db.Store.Timeout, "db-timeout", 30*time.Second, "deadline of each batch's write to our database")
 	fs.StringVar(&cfg.run.Org, "org", "", "`org` of the rows whose metadata names none (Flyte dropped the org from its keys); without it such rows are skipped")
 	fs.StringVar(&projects, "projects", "", "comma-separated `projects`: a key without metadata may only be read as naming one of these")
 	fs.StringVar(&domains, "domains", "", "comma-separated `domains`: a key without metadata may only be read as naming one of these, such as development,staging,production")
@@ -72,8 +72,8 @@ func parseImportConfig(args []string, env lookupEnv, output io.Writer) (importCo
 		return importConfig{}, errors.New("--from is required: the connection URL of Flyte's cache service database")
 	case cfg.run.BatchSize < 1 || cfg.run.BatchSize > 100_000:
 		return importConfig{}, fmt.Errorf("--batch-size must be between 1 and 100000, got %d", cfg.run.BatchSize)
-	case cfg.db.DBTimeout <= 0:
-		return importConfig{}, fmt.Errorf("--db-timeout must be positive, got %v", cfg.db.DBTimeout)
+	case cfg.db.Store.Timeout <= 0:
+		return importConfig{}, fmt.Errorf("--db-timeout must be positive, got %v", cfg.db.Store.Timeout)
 	case cfg.db.embedded() && cfg.db.DataDir == "":
 		return importConfig{}, errors.New("--data-dir must not be empty when no database URL is given")
 	}
@@ -159,7 +159,7 @@ func importFlyteCommand(ctx context.Context, args []string, env lookupEnv, stdou
 func openUnmigrated(ctx context.Context, cfg Config, _ *slog.Logger) (*database, error) {
 	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
-	st, err := store.Open(ctx, store.Config{URL: cfg.DatabaseURL, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout})
+	st, err := store.Open(ctx, cfg.Store)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
