@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"errors"
-	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -52,7 +51,7 @@ func (m *Manager) FlyteGet(ctx context.Context, req *flytecachev2.GetCacheReques
 // FlytePut answers Flyte's Put with our Put's rules: atomic, ALREADY_EXISTS
 // unless overwrite is set or the entry is older than max_age, server
 // timestamps, created_at kept on replace.
-func (m *Manager) FlytePut(ctx context.Context, now time.Time, req *flytecachev2.PutCacheRequest) (*flytecache.PutCacheResponse, error) {
+func (m *Manager) FlytePut(ctx context.Context, req *flytecachev2.PutCacheRequest) (*flytecache.PutCacheResponse, error) {
 	base := req.GetBaseRequest()
 	out := base.GetOutput()
 	src := out.GetMetadata().GetSourceIdentifier()
@@ -87,7 +86,7 @@ func (m *Manager) FlytePut(ctx context.Context, now time.Time, req *flytecachev2
 	default:
 		return nil, invalidArgument("base_request.output.output", "exactly one of output_literals or output_uri is required")
 	}
-	e, replace, err := m.entryOf(now, ours)
+	e, replace, err := m.entryOf(ours)
 	if err != nil {
 		return nil, err
 	}
@@ -118,13 +117,13 @@ func (m *Manager) FlyteDelete(ctx context.Context, req *flytecachev2.DeleteCache
 // FlyteGetOrExtendReservation answers Flyte's GetOrExtendReservation with
 // our claim. A zero heartbeat_interval means "the server's maximum", as in
 // Flyte's own service; ours would refuse it.
-func (m *Manager) FlyteGetOrExtendReservation(ctx context.Context, now time.Time, req *flytecachev2.GetOrExtendReservationRequest) (*flytecache.GetOrExtendReservationResponse, error) {
+func (m *Manager) FlyteGetOrExtendReservation(ctx context.Context, req *flytecachev2.GetOrExtendReservationRequest) (*flytecache.GetOrExtendReservationResponse, error) {
 	base := req.GetBaseRequest()
 	heartbeat := base.GetHeartbeatInterval()
 	if heartbeat != nil && heartbeat.GetSeconds() == 0 && heartbeat.GetNanos() == 0 {
 		heartbeat = nil
 	}
-	resp, err := m.GetOrExtendReservation(ctx, now, &cachev1.GetOrExtendReservationRequest{
+	resp, err := m.GetOrExtendReservation(ctx, &cachev1.GetOrExtendReservationRequest{
 		Scope:             flyteScope(req.GetIdentifier()),
 		Key:               base.GetKey(),
 		OwnerId:           base.GetOwnerId(),

@@ -22,6 +22,8 @@ import (
 type flyteBundle struct {
 	manager *manager.Manager
 	conn    *pgx.Conn // for writing rows as the previous version does
+	store   *store.Store
+	url     string
 }
 
 func setupFlyte(t *testing.T) *flyteBundle {
@@ -37,7 +39,7 @@ func setupFlyte(t *testing.T) *flyteBundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	return &flyteBundle{manager: manager.New(st, manager.DefaultConfig(), nil), conn: conn}
+	return &flyteBundle{manager: manager.New(st, manager.DefaultConfig(), nil), conn: conn, store: st, url: url}
 }
 
 var flyteID = &flytecachev2.Identifier{Org: "org", Project: "project", Domain: "development"}
@@ -63,14 +65,21 @@ func (b *flyteBundle) get(t *testing.T, key string) (*flytecache.CachedOutput, e
 func TestFlytePutKeepsCreatedAtAndAppliesMaxAge(t *testing.T) {
 	t.Parallel()
 	b := setupFlyte(t)
-	if _, err := b.manager.FlytePut(t.Context(), t0, flytePut("k", "s3://1", nil)); err != nil {
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://1", nil)); err != nil {
 		t.Fatal(err)
 	}
+	first, err := b.get(t, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := first.GetMetadata().GetCreatedAt().AsTime()
+	// An hour on, by the database's clock.
+	pgtest.SetClockOffset(t, b.url, time.Hour, b.store.Pool())
 	// Younger than max_age: kept.
-	_, err := b.manager.FlytePut(t.Context(), t0.Add(time.Hour), flytePut("k", "s3://2", &flytecache.OverwriteOutput{MaxAge: durationpb.New(2 * time.Hour)}))
+	_, err = b.manager.FlytePut(t.Context(), flytePut("k", "s3://2", &flytecache.OverwriteOutput{MaxAge: durationpb.New(2 * time.Hour)}))
 	wantCode(t, err, connect.CodeAlreadyExists)
 	// Older than max_age: replaced, created_at kept.
-	if _, err := b.manager.FlytePut(t.Context(), t0.Add(time.Hour), flytePut("k", "s3://3", &flytecache.OverwriteOutput{MaxAge: durationpb.New(30 * time.Minute)})); err != nil {
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://3", &flytecache.OverwriteOutput{MaxAge: durationpb.New(30 * time.Minute)})); err != nil {
 		t.Fatal(err)
 	}
 	out, err := b.get(t, "k")
@@ -78,8 +87,9 @@ func TestFlytePutKeepsCreatedAtAndAppliesMaxAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := out.GetMetadata()
-	if out.GetOutputUri() != "s3://3" || !md.GetCreatedAt().AsTime().Equal(t0) || !md.GetLastUpdatedAt().AsTime().Equal(t0.Add(time.Hour)) {
-		t.Fatalf("Get = %v; want s3://3 created %v updated %v", out, t0, t0.Add(time.Hour))
+	if updated := md.GetLastUpdatedAt().AsTime(); out.GetOutputUri() != "s3://3" || !md.GetCreatedAt().AsTime().Equal(t0) ||
+		updated.Before(t0.Add(time.Hour)) || updated.After(t0.Add(time.Hour+time.Minute)) {
+		t.Fatalf("Get = %v; want s3://3 created %v updated an hour later", out, t0)
 	}
 }
 
@@ -90,7 +100,7 @@ func TestFlyteGetDistrustsSourceAfterPreviousVersionOverwrite(t *testing.T) {
 	t.Parallel()
 	b := setupFlyte(t)
 	for _, key := range []string{"renamed", "same"} {
-		if _, err := b.manager.FlytePut(t.Context(), t0, flytePut(key, "s3://new-version", nil)); err != nil {
+		if _, err := b.manager.FlytePut(t.Context(), flytePut(key, "s3://new-version", nil)); err != nil {
 			t.Fatal(err)
 		}
 	}

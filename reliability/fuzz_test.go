@@ -193,24 +193,23 @@ func (b *testBundle) populate(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	now := time.Now().UTC().Truncate(time.Microsecond)
 	for _, e := range []store.Entry{
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}, CreatedAt: now, LastUpdatedAt: now},
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t", CreatedAt: now, LastUpdatedAt: now},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t"},
 		// Written through Flyte's API: a URI and a LiteralMap, with Flyte's source.
 		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "flyte"}, URI: "s3://b/f", SourceName: "t", SourceVersion: "v",
-			FlyteSource: flyteSourceBytes, CreatedAt: now, LastUpdatedAt: now},
+			FlyteSource: flyteSourceBytes},
 		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "literals"}, Inline: []byte{0x0a, 0x03, 0x0a, 0x01, 'x'}, Literals: true,
-			SourceName: "t", SourceVersion: "v", FlyteSource: flyteSourceBytes, CreatedAt: now, LastUpdatedAt: now},
+			SourceName: "t", SourceVersion: "v", FlyteSource: flyteSourceBytes},
 	} {
 		if err := b.store.PutEntry(ctx, e, store.Replace{Always: true}); err != nil {
 			t.Fatalf("populate entry: %v", err)
 		}
 	}
 	err := b.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, store.Reservation{
+		_, err := tx.ClaimReservation(ctx, store.Claim{
 			ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "held"}, OwnerID: "w1",
-			HeartbeatInterval: time.Hour, ExpiresAt: now.Add(24 * time.Hour),
+			HeartbeatInterval: time.Hour, Lease: 24 * time.Hour,
 		})
 		return err
 	})

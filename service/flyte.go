@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/validate"
@@ -28,13 +27,12 @@ func NewFlyteHandler(m *manager.Manager, opts ...connect.HandlerOption) (string,
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return flytecachev2connect.NewCacheServiceHandler(&flyteService{manager: m, now: time.Now}, opts...)
+	return flytecachev2connect.NewCacheServiceHandler(&flyteService{manager: m}, opts...)
 }
 
 // flyteService implements Flyte's generated handler interface.
 type flyteService struct {
 	manager *manager.Manager
-	now     func() time.Time
 }
 
 var _ flytecachev2connect.CacheServiceHandler = (*flyteService)(nil)
@@ -50,7 +48,7 @@ func (s *flyteService) Put(ctx context.Context, req *connect.Request[flytecachev
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			errors.New("base_request.output.output_literals: send literals over binary protobuf; JSON cannot carry them"))
 	}
-	return respond(s.manager.FlytePut(ctx, s.now(), req.Msg))
+	return respond(s.manager.FlytePut(ctx, req.Msg))
 }
 
 func (s *flyteService) Delete(ctx context.Context, req *connect.Request[flytecachev2.DeleteCacheRequest]) (*connect.Response[flytecache.DeleteCacheResponse], error) {
@@ -58,7 +56,7 @@ func (s *flyteService) Delete(ctx context.Context, req *connect.Request[flytecac
 }
 
 func (s *flyteService) GetOrExtendReservation(ctx context.Context, req *connect.Request[flytecachev2.GetOrExtendReservationRequest]) (*connect.Response[flytecache.GetOrExtendReservationResponse], error) {
-	return respond(s.manager.FlyteGetOrExtendReservation(ctx, s.now(), req.Msg))
+	return respond(s.manager.FlyteGetOrExtendReservation(ctx, req.Msg))
 }
 
 func (s *flyteService) ReleaseReservation(ctx context.Context, req *connect.Request[flytecachev2.ReleaseReservationRequest]) (*connect.Response[flytecache.ReleaseReservationResponse], error) {

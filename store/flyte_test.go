@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -54,7 +55,7 @@ func previousPutEntry(ctx context.Context, conn *pgx.Conn, e store.Entry) error 
 			source_version  = EXCLUDED.source_version,
 			labels          = EXCLUDED.labels,
 			last_updated_at = EXCLUDED.last_updated_at`,
-		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, t0)
+		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, time.Now())
 	return err
 }
 
@@ -67,7 +68,7 @@ func TestLiteralEntryRoundTripsWithItsMarkerAndSource(t *testing.T) {
 	id := store.ID{"o", "p", "d", "lit"}
 	src := []byte{0x08, 0x01, 0x12, 0x01, 'p'}
 	in := store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: src,
-		SourceName: "n", SourceVersion: "v", CreatedAt: t0, LastUpdatedAt: t0}
+		SourceName: "n", SourceVersion: "v"}
 	if err := b.store.PutEntry(b.ctx, in, store.Replace{}); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,7 @@ func TestLiteralEntryRoundTripsWithItsMarkerAndSource(t *testing.T) {
 
 	// An ordinary inline entry is not a LiteralMap, and has no Flyte source.
 	plain := store.ID{"o", "p", "d", "plain"}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: plain, Inline: literalBytes, CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: plain, Inline: literalBytes}, store.Replace{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := b.store.GetEntry(b.ctx, plain); err != nil || got.Literals || got.FlyteSource != nil {
@@ -89,7 +90,7 @@ func TestLiteralEntryRoundTripsWithItsMarkerAndSource(t *testing.T) {
 	}
 
 	// Overwriting through cacheservice.v1 clears both.
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{Always: true}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes}, store.Replace{Always: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := b.store.GetEntry(b.ctx, id); err != nil || got.Literals || got.FlyteSource != nil {
@@ -101,7 +102,7 @@ func TestEmptyLiteralMapIsALiteralEntry(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := store.ID{"o", "p", "d", "empty"}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: []byte{}, Literals: true, CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: []byte{}, Literals: true}, store.Replace{}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := b.store.GetEntry(b.ctx, id)
@@ -122,8 +123,7 @@ func TestPreviousVersionServesLiteralEntryByItsBytes(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	id := store.ID{"o", "p", "d", "lit"}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01},
-		CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01}}, store.Replace{}); err != nil {
 		t.Fatal(err)
 	}
 	old, err := previousGetEntry(b.ctx, conn, id)
@@ -156,7 +156,7 @@ func TestPreviousVersionOverwriteUnmarksLiterals(t *testing.T) {
 	} {
 		id := store.ID{"o", "p", "d", tc.name}
 		if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01},
-			SourceName: "n", CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+			SourceName: "n"}, store.Replace{}); err != nil {
 			t.Fatal(err)
 		}
 		tc.over.ID = id

@@ -8,13 +8,21 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
+// importT0 is a time long past: imported entries keep Flyte's timestamps,
+// where a Put takes the database's clock.
+var importT0 = time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+
 func TestImportEntriesInsertsOnlyWhatIsMissing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	later := t0.Add(time.Hour)
-	existing := store.Entry{ID: store.ID{"o", "p", "d", "mine"}, URI: "s3://mine", CreatedAt: later, LastUpdatedAt: later}
+	t0, later := importT0, importT0.Add(time.Hour)
+	existing := store.Entry{ID: store.ID{"o", "p", "d", "mine"}, URI: "s3://mine"}
 	if err := b.store.PutEntry(b.ctx, existing, store.Replace{}); err != nil {
 		t.Fatalf("put: %v", err)
+	}
+	before, err := b.store.GetEntry(b.ctx, existing.ID)
+	if err != nil {
+		t.Fatalf("get: %v", err)
 	}
 	batch := []store.Entry{
 		{ID: existing.ID, URI: "s3://imported", CreatedAt: t0, LastUpdatedAt: t0},
@@ -30,7 +38,7 @@ func TestImportEntriesInsertsOnlyWhatIsMissing(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("ImportEntries = %d, %v; want 2 inserted", n, err)
 	}
-	if got, _ := b.store.GetEntry(b.ctx, existing.ID); got.URI != "s3://mine" || !got.CreatedAt.Equal(later) {
+	if got, _ := b.store.GetEntry(b.ctx, existing.ID); got.URI != "s3://mine" || !got.CreatedAt.Equal(before.CreatedAt) {
 		t.Errorf("existing entry = %+v, want it untouched", got)
 	}
 	got, err := b.store.GetEntry(b.ctx, batch[1].ID)

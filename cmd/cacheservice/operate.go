@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sync"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -85,7 +84,7 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	if ops.cfg.Sweep.Interval > 0 {
-		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep, time.Now) })
+		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep) })
 	}
 	return nil
 }

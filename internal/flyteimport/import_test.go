@@ -362,7 +362,7 @@ func TestImportNeverReplacesAnExistingEntry(t *testing.T) {
 	b := setup(t)
 	b.insert(t, flyteRow{key: "p-d-k", uri: "s3://flyte/old", md: executorMetadata("acme", "p", "d", "t", "1", t0), lastUpdated: t1, createdAt: t1})
 	scope := &cachev1.Scope{Org: "acme", Project: "p", Domain: "d"}
-	if _, err := b.manager.Put(b.ctx, t2, &cachev1.PutRequest{Scope: scope, Key: "k",
+	if _, err := b.manager.Put(b.ctx, &cachev1.PutRequest{Scope: scope, Key: "k",
 		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://ours/new"}}}); err != nil {
 		t.Fatalf("put: %v", err)
 	}
@@ -382,7 +382,7 @@ func TestImportDryRunWritesNothing(t *testing.T) {
 	entries, skips := realisticRows(t, b)
 	// One entry is ours already: the dry run must count it as present.
 	first := entries[0]
-	if _, err := b.manager.Put(b.ctx, t2, &cachev1.PutRequest{
+	if _, err := b.manager.Put(b.ctx, &cachev1.PutRequest{
 		Scope: &cachev1.Scope{Org: first.org, Project: first.project, Domain: first.domain}, Key: first.key,
 		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://ours"}}}); err != nil {
 		t.Fatalf("put: %v", err)
