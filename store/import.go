@@ -13,12 +13,13 @@ import (
 
 // ImportEntries inserts, in one statement, each entry whose ID is not stored
 // yet, and leaves every existing entry untouched (ON CONFLICT DO NOTHING), so
-// that an import can run again, or resume, without overwriting anything. The
-// entries keep their own CreatedAt and LastUpdatedAt, and are marked as
-// PutEntry marks them (a LiteralMap's digest, Flyte's source identifier as
-// given). It returns how many
-// were inserted; the rest were present already. One entry too large to index
-// fails the whole statement with ErrTooLarge, and nothing is inserted.
+// that an import can run again, or resume, without overwriting anything.
+// Unlike PutEntry, which stamps the database's clock, the entries keep their
+// own CreatedAt and LastUpdatedAt: an import carries history over. They are
+// marked as PutEntry marks them (a LiteralMap's digest, Flyte's source
+// identifier as given). It returns how many were inserted; the rest were
+// present already. One entry too large to index fails the whole statement
+// with ErrTooLarge, and nothing is inserted.
 func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted int64, err error) {
 	if len(entries) == 0 {
 		return 0, nil
