@@ -102,10 +102,6 @@ func New() *Metrics {
 	return m
 }
 
-// Registry is where collectors of other parts (the pool, the embedded
-// database) are registered.
-func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
-
 // Handler serves the registry in the Prometheus exposition formats.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})

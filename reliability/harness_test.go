@@ -147,8 +147,9 @@ type rawResponse struct {
 	body   []byte       // the success body
 }
 
-// post sends body to procedure (e.g. "Get") with the Connect unary protocol
-// and decodes the error body, if any.
+// post sends body to procedure (its full name, such as
+// /cacheservice.v1.CacheService/Get) with the Connect unary protocol and
+// decodes the error body, if any.
 func (b *testBundle) post(ctx context.Context, t testing.TB, procedure, contentType string, body io.Reader, header http.Header) rawResponse {
 	t.Helper()
 	path := "/" + cachev1connect.CacheServiceName + "/" + procedure

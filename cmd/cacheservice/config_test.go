@@ -23,6 +23,7 @@ func env(vars map[string]string) lookupEnv {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
+	t.Parallel()
 	got, err := parseConfig(nil, noEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +49,7 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		args  []string
@@ -91,6 +93,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := parseConfig(tt.args, env(tt.env), io.Discard)
 			if err != nil {
 				t.Fatal(err)
@@ -105,6 +108,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 // TestServeRejectsBadConfiguration checks that each bad value exits with
 // code 2 and one line naming the culprit, before anything starts.
 func TestServeRejectsBadConfiguration(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		args    []string
@@ -152,6 +156,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			var stdout, stderr bytes.Buffer
 			code := cli(context.Background(), append([]string{"serve"}, tt.args...), env(tt.env), &stdout, &stderr)
 			if code != exitUsage {
@@ -169,6 +174,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 }
 
 func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
 		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
@@ -185,6 +191,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 }
 
 func TestCLIRejectsUnknownCommand(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serv"}, noEnv, &stdout, &stderr); code != exitUsage {
 		t.Fatalf("exit code %d, want %d", code, exitUsage)

@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cacheservice/cacheservice/internal/version"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/metrics"
 	"github.com/cacheservice/cacheservice/tracing"
@@ -39,7 +40,7 @@ func newOperations(ctx context.Context, cfg Config, db *database, logger *slog.L
 		ops.metrics.WatchEmbeddedPostgres(db.embedded)
 	}
 	var err error
-	ops.tracing, err = tracing.New(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, Logger: logger})
+	ops.tracing, err = tracing.New(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, ServiceVersion: version.String(), Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
