@@ -108,10 +108,9 @@ func (l *responseLimits) handler(h http.Handler) http.Handler {
 		held := &hold{}
 		dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), limits: l}
 		defer func() { l.budget.release(held.bytes) }()
+		// What the handler leaves buffered, net/http sends after it returns
+		// under the last deadline set, which it clears only then.
 		h.ServeHTTP(dw, r.WithContext(context.WithValue(r.Context(), holdKey{}, held)))
-		// Not deferred: after a panic net/http aborts the connection, and a
-		// flush here would first send a success status.
-		dw.finish()
 	})
 }
 
@@ -153,12 +152,10 @@ type deadlineWriter struct {
 	rc       *http.ResponseController // of the wrapped writer
 	limits   *responseLimits
 	deadline time.Time
-	armed    bool // a deadline was set
 	cut      bool // the response missed a deadline: counted once, not written again
 }
 
 func (w *deadlineWriter) arm() {
-	w.armed = true
 	w.deadline = time.Now().Add(w.limits.timeout)
 	// ErrNotSupported (a writer without deadlines, in tests) leaves the
 	// write unbounded, as before.
@@ -204,13 +201,3 @@ func (w *deadlineWriter) Flush() { _ = w.FlushError() }
 // Unwrap lets http.ResponseController reach the server's writer (full
 // duplex, read deadlines).
 func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// finish flushes what the handler left buffered under a deadline, so the
-// tail of a response is bounded too. (net/http clears an HTTP/1.1
-// connection's deadline after each response, and an HTTP/2 stream's dies
-// with the stream.)
-func (w *deadlineWriter) finish() {
-	if w.armed && !w.cut {
-		_ = w.FlushError()
-	}
-}
