@@ -70,6 +70,10 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
 		return exitUsage
 	}
+	if why := cfg.exposed(); why != "" {
+		fmt.Fprintf(stderr, "cacheservice: %s\n", why)
+		return exitUsage
+	}
 	logger := newLogger(stderr, cfg)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
