@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -54,6 +55,12 @@ type testBundle struct {
 // request size limit included), on 127.0.0.1 over a new database.
 func setup(t testing.TB, cfg manager.Config) *testBundle {
 	t.Helper()
+	return setupEdge(t, cfg, nil)
+}
+
+// setupEdge is setup with authentication by a when a is not nil.
+func setupEdge(t testing.TB, cfg manager.Config, a *auth.Authenticator) *testBundle {
+	t.Helper()
 	url := pgtest.NewDatabase(t)
 	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second})
 	if err != nil {
@@ -67,7 +74,7 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 	t.Cleanup(admin.Close)
 	logs := &logRecorder{}
 	m := manager.New(st, cfg, slog.New(logs))
-	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes}))
+	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes, Auth: a}))
 	srv.Config.Protocols = protocols()
 	srv.Config.ReadHeaderTimeout = 5 * time.Second
 	srv.Start()
