@@ -275,6 +275,8 @@ func TestAuthenticationComesBeforeValidationAndProbesStayOpen(t *testing.T) {
 		`cacheservice_auth_failures_total{reason="no_credentials"} 2`,
 		`cacheservice_auth_principals 4`,
 		`cacheservice_auth_file_reloads_total{result="ok"} 1`,
+		// Metrics run outside authentication: refused calls are counted.
+		`cacheservice_rpc_requests_total{code="unauthenticated",procedure="/cacheservice.v1.CacheService/Put"} 2`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics on --metrics-addr lacks %q", want)
