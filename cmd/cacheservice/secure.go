@@ -9,6 +9,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/tlsconfig"
 )
@@ -68,6 +70,32 @@ func (sec *security) stop() {
 		sec.stops[i]()
 	}
 	sec.stops = nil
+}
+
+// collectors are the metrics of the authenticator and the certificate, for
+// the metrics registry.
+func (sec *security) collectors() []prometheus.Collector {
+	var out []prometheus.Collector
+	if sec.auth != nil {
+		out = append(out, sec.auth.Collector())
+	}
+	if r := sec.tls; r != nil {
+		out = append(out,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "cacheservice_tls_certificate_expiry_timestamp_seconds",
+				Help: "When the certificate served on the main port expires (Unix time).",
+			}, func() float64 { return float64(r.State().NotAfter.Unix()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "cacheservice_tls_reloads_total",
+				Help: "Loads of the TLS certificate files that changed what is served, the first included.",
+			}, func() float64 { return float64(r.State().Reloads) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "cacheservice_tls_reload_failures_total",
+				Help: "Reloads of the TLS files that failed; the previous certificate stayed in force.",
+			}, func() float64 { return float64(r.State().Failures) }),
+		)
+	}
+	return out
 }
 
 // serveTLS makes srv speak TLS with the current certificate, HTTP/2 and

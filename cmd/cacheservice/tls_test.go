@@ -8,12 +8,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -172,7 +174,7 @@ func TestTLSCertificateRotatesWhileClientsCall(t *testing.T) {
 	ca := newTestCA(t, "test server CA")
 	certFile, keyFile, first := tlsFiles(t, ca)
 	s := startAuthServer(t, "--auth-file", writeAuthFile(t, testAuthFile("")),
-		"--tls-cert-file", certFile, "--tls-key-file", keyFile)
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--metrics-addr", "127.0.0.1:0")
 	addr := strings.TrimPrefix(s.url, "https://")
 	if got := servedSerial(t, addr, ca); got.Cmp(first) != 0 {
 		t.Fatalf("served serial %v, want %v", got, first)
@@ -220,6 +222,19 @@ func TestTLSCertificateRotatesWhileClientsCall(t *testing.T) {
 	}
 	if !strings.Contains(s.logs.String(), "tls certificate reloaded") {
 		t.Errorf("no reload line in the log")
+	}
+	m := regexp.MustCompile(`msg="metrics listening" addr=(\S+)`).FindStringSubmatch(s.logs.String())
+	if m == nil {
+		t.Fatalf("no metrics listening line")
+	}
+	res, err := http1Client(t).Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(body), "cacheservice_tls_reloads_total 2") {
+		t.Errorf("/metrics lacks cacheservice_tls_reloads_total 2 after one rotation")
 	}
 }
 
