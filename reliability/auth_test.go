@@ -14,6 +14,7 @@ import (
 	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // fuzzAuthEnv runs the fuzz targets (and their seeds under plain go test)
@@ -29,7 +30,7 @@ const authedOrg = "o"
 
 // setupAuthed is setup with authentication on: adminToken may do anything
 // in orgs "o" (the fuzz seeds') and "org" (scope()'s), nothing elsewhere.
-func setupAuthed(t testing.TB, cfg manager.Config) *testBundle {
+func setupAuthed(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *testBundle {
 	t.Helper()
 	sum := sha256.Sum256([]byte(adminToken))
 	file := filepath.Join(t.TempDir(), "auth.yaml")
@@ -42,7 +43,7 @@ func setupAuthed(t testing.TB, cfg manager.Config) *testBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return setupEdge(t, cfg, a)
+	return setupEdge(t, cfg, a, storeOpts...)
 }
 
 // tokenClients are b.clients sending adminToken.

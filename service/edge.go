@@ -13,6 +13,7 @@ import (
 
 	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	"github.com/cacheservice/cacheservice/manager"
 )
 
@@ -58,6 +59,7 @@ type mount struct {
 // Procedures follow, and with them the hostile and fuzz suites.
 var mounts = []mount{
 	{desc: cachev1.File_cacheservice_v1_cache_proto.Services().ByName("CacheService"), handler: NewHandler},
+	{desc: flytecachev2.File_flyteidl2_cacheservice_v2_cacheservice_proto.Services().ByName("CacheService"), handler: NewFlyteHandler},
 }
 
 // Procedures returns the full name of every RPC the edge serves, such as

@@ -20,7 +20,8 @@ import (
 //
 // Watch returns once the watch is in place, so a change made after it returns is seen; the
 // returned channel is closed when watching has stopped. A file outside the watched directories
-// that a path resolves to through other symlinks is not watched: Reload covers that (SIGHUP).
+// that a path resolves to through other symlinks is not watched, and a watched directory that is
+// removed and created again is no longer watched: Reload covers both (SIGHUP).
 func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {

@@ -45,7 +45,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
 		Auth:               sec.auth,
 	}))
-	ops.metrics.Registry().MustRegister(sec.collectors()...)
+	ops.metrics.Register(sec.collectors()...)
 
 	// The sweeper and the metrics listener stop with ctx, or when the API
 	// server fails; the pool closes only after they are done.
