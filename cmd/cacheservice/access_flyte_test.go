@@ -77,20 +77,8 @@ func TestEveryFlyteRPCChecksCredentialsAndGrantsBeforeTheDatabase(t *testing.T) 
 	s := startAuthServer(t, "--auth-file", writeAuthFile(t, testAuthFile("")))
 	id := &flytecachev2.Identifier{Org: "acme", Project: "flyte", Domain: "production"}
 	s.seedFlyte(t, id)
-	callers := []struct {
-		name, token string
-		role        auth.Role
-		refused     connect.Code
-	}{
-		{"no credentials", "", auth.RoleNone, connect.CodeUnauthenticated},
-		{"wrong token", "not-a-token-anyone-has", auth.RoleNone, connect.CodeUnauthenticated},
-		{"other org", otherToken, auth.RoleNone, connect.CodePermissionDenied},
-		{"read", readToken, auth.RoleRead, connect.CodePermissionDenied},
-		{"write", writeToken, auth.RoleWrite, connect.CodePermissionDenied},
-		{"admin", adminToken, auth.RoleAdmin, connect.CodePermissionDenied},
-	}
 	n := 0
-	for _, caller := range callers {
+	for _, caller := range accessCallers {
 		for proto, c := range s.flyteClientsWith(t, caller.token) {
 			for _, r := range flyteRPCs() {
 				n++

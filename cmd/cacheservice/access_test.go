@@ -124,6 +124,21 @@ func (s *authServer) clientsWith(t *testing.T, token string) []protocol {
 	}
 }
 
+// accessCallers are the callers of the access matrices: each with the role
+// it has on org acme, and the code it gets for an RPC needing more.
+var accessCallers = []struct {
+	name, token string
+	role        auth.Role
+	refused     connect.Code
+}{
+	{"no credentials", "", auth.RoleNone, connect.CodeUnauthenticated},
+	{"wrong token", "not-a-token-anyone-has", auth.RoleNone, connect.CodeUnauthenticated},
+	{"other org", otherToken, auth.RoleNone, connect.CodePermissionDenied},
+	{"read", readToken, auth.RoleRead, connect.CodePermissionDenied},
+	{"write", writeToken, auth.RoleWrite, connect.CodePermissionDenied},
+	{"admin", adminToken, auth.RoleAdmin, connect.CodePermissionDenied},
+}
+
 func acme(project string) *cachev1.Scope {
 	return &cachev1.Scope{Org: "acme", Project: project, Domain: "production"}
 }
@@ -184,21 +199,8 @@ func TestEveryRPCChecksCredentialsAndGrantsBeforeTheDatabase(t *testing.T) {
 			t.Errorf("%s is served but not in this test's matrix", procedure)
 		}
 	}
-	callers := []struct {
-		name    string
-		token   string
-		role    auth.Role
-		refused connect.Code // when role is below the RPC's
-	}{
-		{"no credentials", "", auth.RoleNone, connect.CodeUnauthenticated},
-		{"wrong token", "not-a-token-anyone-has", auth.RoleNone, connect.CodeUnauthenticated},
-		{"other org", otherToken, auth.RoleNone, connect.CodePermissionDenied},
-		{"read", readToken, auth.RoleRead, connect.CodePermissionDenied},
-		{"write", writeToken, auth.RoleWrite, connect.CodePermissionDenied},
-		{"admin", adminToken, auth.RoleAdmin, connect.CodePermissionDenied},
-	}
 	n := 0
-	for _, caller := range callers {
+	for _, caller := range accessCallers {
 		for _, p := range s.clientsWith(t, caller.token) {
 			for _, r := range rpcs {
 				n++
