@@ -59,6 +59,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	sec.serveTLS(srv)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind),
 		slog.Bool("tls", sec.tls != nil), slog.Bool("auth", sec.auth != nil))
+	if sec.auth == nil && !loopback(cfg.Addr) {
+		logger.Warn("no authentication: anyone who reaches this address may read, write and delete every entry (--insecure-allow-open)")
+	}
 	return serve(ctx, srv, ln, cfg.ShutdownTimeout, logger)
 }
 
