@@ -39,7 +39,7 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	defer cancel()
 	e := Entry{ID: id}
 	var uri *string
-	err := s.pool.QueryRow(ctx, `
+	err := s.db.QueryRow(ctx, `
 		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at
 		FROM cache_entries
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
@@ -83,7 +83,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	if !replace.UpdatedBefore.IsZero() {
 		updatedBefore = &replace.UpdatedBefore
 	}
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := s.db.Exec(ctx, `
 		INSERT INTO cache_entries AS e
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -111,7 +111,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 func (s *Store) DeleteEntry(ctx context.Context, id ID) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx,
+	tag, err := s.db.Exec(ctx,
 		`DELETE FROM cache_entries WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key)
 	if err != nil {

@@ -67,7 +67,7 @@ func TestRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	s := &Store{pool: pool, timeout: 10 * time.Second}
+	s := newStore(pool, 10*time.Second)
 
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	id := ID{"o", "p", "d", "k"}

@@ -47,6 +47,7 @@ type Config struct {
 // Store is a pool of connections to one database.
 type Store struct {
 	pool    *pgxpool.Pool
+	db      detached // single statements go through here, not pool
 	timeout time.Duration
 }
 
@@ -72,7 +73,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
-	return &Store{pool: pool, timeout: timeout}, nil
+	return newStore(pool, timeout), nil
+}
+
+func newStore(pool *pgxpool.Pool, timeout time.Duration) *Store {
+	s := &Store{pool: pool, timeout: timeout}
+	s.db = detached{s: s}
+	return s
 }
 
 // Close closes every connection of the pool.
@@ -85,7 +92,9 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	return classify("ping", s.pool.Ping(ctx))
+	return classify("ping", s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		return conn.Ping(ctx)
+	}))
 }
 
 // deadline bounds one database call so that a frozen database cannot hang a

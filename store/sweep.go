@@ -46,7 +46,7 @@ func (s *Store) deleteBefore(ctx context.Context, table, column string, cutoff t
 		DELETE FROM %[1]s t USING batch b
 		WHERE t.org = b.org AND t.project = b.project AND t.domain = b.domain AND t.key = b.key
 			AND t.%[2]s < $1`, table, column)
-	tag, err := s.pool.Exec(ctx, sql, cutoff, limit)
+	tag, err := s.db.Exec(ctx, sql, cutoff, limit)
 	if err != nil {
 		return 0, classify("delete old "+table, err)
 	}
