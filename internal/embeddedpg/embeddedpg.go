@@ -69,6 +69,7 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *process // the current or last postmaster
+	lock *os.File // Dir, flocked from Start (or Restart) until Stop
 
 	starts, unexpectedExits atomic.Int64 // for State
 }
@@ -76,11 +77,27 @@ type Server struct {
 // Start initializes the cluster on first use, starts it, waits until it accepts connections and
 // creates cfg.Database if missing. On later starts it finds the existing cluster and keeps its
 // data. ctx bounds only the start: the cluster runs until Stop, or until this process dies.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
+//
+// Dir is locked first: a second Start on it, in this process or another, fails at once with
+// ErrInUse. A Start that fails after creating Dir removes it again.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s, err := newServer(cfg)
 	if err != nil {
 		return nil, err
 	}
+	created, err := s.lockDir()
+	if err != nil {
+		return nil, fmt.Errorf("start embedded postgresql: %w", err)
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if created {
+			_ = os.RemoveAll(s.cfg.Dir) // still locked: nobody else can be using it
+		}
+		s.unlockDir()
+	}()
 	if err := s.prepareDir(); err != nil {
 		return nil, err
 	}
@@ -133,17 +150,10 @@ func newServer(cfg Config) (*Server, error) {
 	}, nil
 }
 
-// prepareDir creates Dir and, when we are root, hands it to the postgres user and checks that
-// user can reach it.
+// prepareDir, when we are root, hands Dir (created by lockDir) to the postgres user and checks
+// that user can reach it.
 func (s *Server) prepareDir() error {
 	dir := s.cfg.Dir
-	// Parents are made world-searchable so the postgres user can reach Dir; Dir itself is private.
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("create parent of %s: %w", dir, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
 	if s.acct == nil {
 		return nil
 	}
@@ -218,7 +228,11 @@ func (s *Server) Restart(ctx context.Context) error {
 	if err := s.Stop(ctx); err != nil {
 		return fmt.Errorf("restart embedded postgresql: %w", err)
 	}
+	if _, err := s.lockDir(); err != nil {
+		return fmt.Errorf("restart embedded postgresql: %w", err)
+	}
 	if err := s.launch(ctx); err != nil {
+		s.unlockDir()
 		return fmt.Errorf("restart embedded postgresql: %w", err)
 	}
 	return nil

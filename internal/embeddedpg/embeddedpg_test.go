@@ -420,3 +420,14 @@ func TestStopForcesShutdownWhenContextEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// ping connects to s's default database once.
+func ping(t *testing.T, s *Server) error {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), s.ConnString(DefaultDatabase))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.Ping(t.Context())
+}
