@@ -20,6 +20,10 @@ import (
 // first start runs initdb, and migrations may wait for another replica's.
 const startupTimeout = 2 * time.Minute
 
+// embeddedSupervise is how often the embedded PostgreSQL is checked for
+// reachability: a stat of its socket file, so cheap enough to do often.
+const embeddedSupervise = time.Second
+
 // database is the migrated store and, in embedded mode, the PostgreSQL
 // server behind it.
 type database struct {
@@ -62,6 +66,9 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 			Database: embeddedpg.DefaultDatabase,
 			Durable:  true,
 			Logger:   logger.With(slog.String("component", "postgres")),
+			// A lost socket file or a dead postmaster is noticed and
+			// repaired within about this long.
+			Supervise: embeddedSupervise,
 		})
 		if err != nil {
 			return nil, err

@@ -41,6 +41,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Settings are extra postgres -c settings, applied after (so overriding) ours.
 	Settings map[string]string
+	// Supervise, when positive, is how often a supervisor checks that the cluster can be reached
+	// (its postmaster runs and its socket file exists) and restarts it when not. Zero leaves
+	// restarts to the caller, as tests that stop the cluster on purpose need.
+	Supervise time.Duration
 }
 
 const (
@@ -70,6 +74,8 @@ type Server struct {
 	mu   sync.Mutex
 	proc *process // the current or last postmaster
 	lock *os.File // Dir, flocked from Start (or Restart) until Stop
+
+	stopSupervising func() // set while the supervisor runs
 
 	starts, unexpectedExits atomic.Int64 // for State
 }
@@ -111,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.stopAfterFailure(ctx)
 		return nil, err
 	}
+	s.startSupervisor()
 	return s, nil
 }
 
@@ -235,6 +242,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		s.unlockDir()
 		return fmt.Errorf("restart embedded postgresql: %w", err)
 	}
+	s.startSupervisor()
 	return nil
 }
 

@@ -173,7 +173,9 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 // If ctx ends first it escalates to an immediate shutdown (SIGQUIT) and, after 5 more seconds, to
 // SIGKILL for the whole process group, and returns an error. Stopping a stopped server is a no-op.
 func (s *Server) Stop(ctx context.Context) error {
-	// The lock outlives the postmaster, never the other way round.
+	// The lock outlives the postmaster, never the other way round; the
+	// supervisor must not start it again behind our back.
+	s.stopSupervisor()
 	defer s.unlockDir()
 	return s.stopPostmaster(ctx)
 }
