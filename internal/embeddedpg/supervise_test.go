@@ -19,7 +19,7 @@ func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool)
 
 func TestStateNotRunningWithoutSocket(t *testing.T) {
 	t.Parallel()
-	s := start(t, Config{Dir: newDir(t)})
+	s := start(t, Config{Dir: initializedDir(t)})
 	if err := os.Remove(s.socketPath()); err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestStateNotRunningWithoutSocket(t *testing.T) {
 
 func TestSupervisorRepairsRemovedSocketAndCrash(t *testing.T) {
 	t.Parallel()
-	s := start(t, Config{Dir: newDir(t), Supervise: 50 * time.Millisecond})
+	s := start(t, Config{Dir: initializedDir(t), Supervise: 50 * time.Millisecond})
 	if err := os.Remove(s.socketPath()); err != nil {
 		t.Fatal(err)
 	}
