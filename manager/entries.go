@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -13,9 +14,13 @@ import (
 // Get returns the stored output of a key, or NOT_FOUND.
 func (m *Manager) Get(ctx context.Context, req *cachev1.GetRequest) (*cachev1.GetResponse, error) {
 	e, err := m.store.GetEntry(ctx, idOf(req.GetScope(), req.GetKey()))
+	if errors.Is(err, store.ErrNotFound) {
+		m.observer.ObserveLookup(false)
+	}
 	if err != nil {
 		return nil, m.toConnectError(ctx, "get", err)
 	}
+	m.observer.ObserveLookup(true)
 	return &cachev1.GetResponse{Output: outputOf(e)}, nil
 }
 

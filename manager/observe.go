@@ -32,6 +32,9 @@ func Outcomes() []Outcome {
 // manager imports no metrics library. Methods run on the request path and
 // must be cheap and never block.
 type Observer interface {
+	// ObserveLookup is called once for every Get that the database
+	// answered: hit when it returned an output, miss when there was none.
+	ObserveLookup(hit bool)
 	// ObserveReservation is called once for every reservation call that
 	// succeeded, after its transaction committed.
 	ObserveReservation(Outcome)
@@ -51,5 +54,6 @@ func WithObserver(o Observer) Option {
 // nopObserver is the Observer of a Manager built without one.
 type nopObserver struct{}
 
+func (nopObserver) ObserveLookup(bool)              {}
 func (nopObserver) ObserveReservation(Outcome)      {}
 func (nopObserver) ObserveSweep(SweepResult, error) {}

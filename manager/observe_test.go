@@ -1,14 +1,17 @@
 package manager_test
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
@@ -17,9 +20,24 @@ import (
 // recorder is an Observer that remembers what it was told.
 type recorder struct {
 	mu        sync.Mutex
+	lookups   []bool
 	outcomes  []manager.Outcome
 	sweeps    []manager.SweepResult
 	sweepErrs []error
+}
+
+func (r *recorder) ObserveLookup(hit bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lookups = append(r.lookups, hit)
+}
+
+func (r *recorder) takeLookups() []bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.lookups
+	r.lookups = nil
+	return out
 }
 
 func (r *recorder) ObserveReservation(o manager.Outcome) {
@@ -92,5 +110,39 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		if got := b.rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{step.want}) {
 			t.Errorf("%s: observed %v, want [%v]", step.name, got, step.want)
 		}
+	}
+}
+
+func TestLookupsAreObservedAsHitOrMiss(t *testing.T) {
+	t.Parallel()
+	b := setupObserved(t)
+	get := func(ctx context.Context) error {
+		_, err := b.manager.Get(ctx, &cachev1.GetRequest{Scope: scope(), Key: "k"})
+		return err
+	}
+	if err := get(b.ctx); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("get missing: %v", err)
+	}
+	if got := b.rec.takeLookups(); !slices.Equal(got, []bool{false}) {
+		t.Errorf("after a miss: observed %v, want [false]", got)
+	}
+	if err := b.put(t, t0, &cachev1.PutRequest{Scope: scope(), Key: "k",
+		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://b/k"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(b.ctx); err != nil {
+		t.Fatalf("get stored: %v", err)
+	}
+	if got := b.rec.takeLookups(); !slices.Equal(got, []bool{true}) {
+		t.Errorf("after a hit: observed %v, want [true]", got)
+	}
+	// A Get the database never answered is neither.
+	ctx, cancel := context.WithCancel(b.ctx)
+	cancel()
+	if err := get(ctx); connect.CodeOf(err) != connect.CodeCanceled {
+		t.Fatalf("get with a cancelled context: %v", err)
+	}
+	if got := b.rec.takeLookups(); len(got) != 0 {
+		t.Errorf("after a cancelled Get: observed %v, want nothing", got)
 	}
 }

@@ -6,12 +6,11 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-
-	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 )
 
 // Interceptor returns a Connect interceptor that counts RPCs by procedure and
-// code, times them, and counts Get's hits and misses. Install it outside the
+// code and times them. (Get's hits and misses come from the manager's
+// Observer, so every API that reads through the manager counts.) Install it outside the
 // validation interceptor so that rejected requests are counted too. Requests
 // that fail before a handler runs (a body that does not decode, an unknown
 // procedure) never reach interceptors and are not counted.
@@ -50,14 +49,6 @@ func (m *Metrics) observeRPC(procedure string, started time.Time, err error) {
 	m.latency.WithLabelValues(procedure).Observe(time.Since(started).Seconds())
 	code := codeOf(err)
 	m.requests.WithLabelValues(procedure, code).Inc()
-	if procedure == cachev1connect.CacheServiceGetProcedure {
-		switch code {
-		case "ok":
-			m.lookups.WithLabelValues("hit").Inc()
-		case connect.CodeNotFound.String():
-			m.lookups.WithLabelValues("miss").Inc()
-		}
-	}
 }
 
 // codeOf is the Connect code of err as a label: "ok" for success, the

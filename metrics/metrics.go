@@ -111,6 +111,15 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
 }
 
+// ObserveLookup counts one Get by whether it found an output.
+func (m *Metrics) ObserveLookup(hit bool) {
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	m.lookups.WithLabelValues(result).Inc()
+}
+
 // ObserveReservation counts one reservation outcome.
 func (m *Metrics) ObserveReservation(o manager.Outcome) {
 	m.reservations.WithLabelValues(string(o)).Inc()

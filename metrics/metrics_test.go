@@ -44,7 +44,7 @@ func setup(t *testing.T) *testBundle {
 	met.WatchPool(st.Pool())
 	m := manager.New(st, manager.DefaultConfig(), nil, manager.WithObserver(met))
 	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(m, connect.WithInterceptors(met.Interceptor())))
+	mux.Handle("/", service.NewEdge(m, service.Options{Interceptors: []connect.Interceptor{met.Interceptor()}}))
 	mux.Handle("/metrics", met.Handler())
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/procfs"
 
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 )
@@ -243,21 +243,15 @@ func (p *serverProc) stop(timeout time.Duration) bool {
 // rssKiB reads the process's resident set size from /proc.
 func (p *serverProc) rssKiB(t testing.TB) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	proc, err := procfs.NewProc(p.pid)
+	if err != nil {
+		t.Fatalf("find %s in /proc: %v", p.name, err)
+	}
+	st, err := proc.NewStatus()
 	if err != nil {
 		t.Fatalf("read status of %s: %v", p.name, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			if err != nil {
-				t.Fatalf("parse VmRSS %q: %v", line, err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no VmRSS in /proc/%d/status", p.pid)
-	return 0
+	return int(st.VmRSS >> 10)
 }
 
 // httpClients are shared by every process-level test: HTTP/1.1 for the
@@ -294,18 +288,26 @@ func postgresDir(t testing.TB) string {
 func processGone(pid int, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
 	for {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		st, err := procStat(pid)
 		if errors.Is(err, os.ErrNotExist) {
 			return true
 		}
-		if err == nil {
-			if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X') {
-				return true
-			}
+		if err == nil && (st.State == "Z" || st.State == "X") {
+			return true
 		}
 		if time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// procStat reads a process's stat through procfs; an error wraps os.ErrNotExist when the
+// process is gone.
+func procStat(pid int) (procfs.ProcStat, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return procfs.ProcStat{}, err
+	}
+	return p.Stat()
 }

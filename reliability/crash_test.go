@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/procfs"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -208,18 +209,14 @@ func readPostmasterPid(t *testing.T, dataDir string) int {
 
 // childrenOf lists the processes whose parent is pid.
 func childrenOf(pid int) []int {
+	procs, err := procfs.AllProcs()
+	if err != nil {
+		return nil
+	}
 	var out []int
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(b), ')')
-		fields := strings.Fields(string(b[i+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			child, _ := strconv.Atoi(strings.Fields(string(b))[0])
-			out = append(out, child)
+	for _, p := range procs {
+		if st, err := p.Stat(); err == nil && st.PPID == pid {
+			out = append(out, p.PID)
 		}
 	}
 	return out

@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 
 // maxRequestBytes is the request limit the server binary applies by default;
 // the in-process server applies the same.
-const maxRequestBytes = 4 << 20
+const maxRequestBytes = service.DefaultMaxRequestBytes
 
 // testBundle is one in-process server on loopback over a fresh database.
 type testBundle struct {
@@ -50,8 +50,8 @@ type testBundle struct {
 	logs    *logRecorder
 }
 
-// setup starts CacheService as cmd/cacheservice mounts it (the request size
-// limit included) on 127.0.0.1, over a new database.
+// setup starts the server's HTTP edge, as cmd/cacheservice serves it (the
+// request size limit included), on 127.0.0.1 over a new database.
 func setup(t testing.TB, cfg manager.Config) *testBundle {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
@@ -67,9 +67,7 @@ func setup(t testing.TB, cfg manager.Config) *testBundle {
 	t.Cleanup(admin.Close)
 	logs := &logRecorder{}
 	m := manager.New(st, cfg, slog.New(logs))
-	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(m, connect.WithReadMaxBytes(maxRequestBytes)))
-	srv := httptest.NewUnstartedServer(mux)
+	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes}))
 	srv.Config.Protocols = protocols()
 	srv.Config.ReadHeaderTimeout = 5 * time.Second
 	srv.Start()

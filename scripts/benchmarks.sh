@@ -9,12 +9,5 @@ cd "$(dirname "$0")/.."
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/cachebench" ./cmd/cachebench
-if [ -d cmd/cacheservice ]; then
-	go build -o "$bin/cacheservice" ./cmd/cacheservice
-	set -- --server-bin "$bin/cacheservice" --server-args "--log-level warn" "$@"
-else
-	# Without the server command, cachebench serves the service's packages itself,
-	# still as a separate process.
-	set -- --server-bin self "$@"
-fi
-"$bin/cachebench" report --db-max-conns 8 "$@"
+go build -o "$bin/cacheservice" ./cmd/cacheservice
+"$bin/cachebench" report --db-max-conns 8 --server-bin "$bin/cacheservice" --server-args "--log-level warn" "$@"

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 
-	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/manager"
 )
 
@@ -26,7 +26,7 @@ type ReadinessConfig struct {
 }
 
 // Readiness is a grpchealth.Checker that reports SERVING, for the whole
-// server ("") and for CacheService, while the database answers a ping, and
+// server ("") and for every mounted service, while the database answers a ping, and
 // NOT_SERVING while it does not, so that load balancers send requests
 // elsewhere during an outage and back when it ends. It also serves the same
 // answer over plain HTTP for probes that speak only that.
@@ -61,7 +61,7 @@ func NewReadiness(m *manager.Manager, cfg ReadinessConfig, logger *slog.Logger) 
 
 // Check implements grpchealth.Checker.
 func (r *Readiness) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
-	if req.Service != "" && req.Service != cachev1connect.CacheServiceName {
+	if req.Service != "" && !slices.Contains(serviceNames(), req.Service) {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %s", req.Service))
 	}
 	status, err := r.current(ctx)

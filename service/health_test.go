@@ -38,11 +38,7 @@ func setupHealth(t *testing.T, cfg service.ReadinessConfig) *healthBundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	readiness := service.NewReadiness(manager.New(st, manager.Config{}, nil), cfg, nil)
-	mux := http.NewServeMux()
-	mux.Handle(grpchealth.NewHandler(readiness))
-	mux.Handle("/readyz", readiness)
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewServer(service.NewEdge(manager.New(st, manager.Config{}, nil), service.Options{Readiness: cfg}))
 	t.Cleanup(srv.Close)
 	return &healthBundle{pg: pg, store: st, health: grpchealth.NewClient(srv.Client(), srv.URL), readyz: srv.URL + "/readyz"}
 }

@@ -1,7 +1,10 @@
-// Package service is the Connect edge of the cache: it turns RPCs into
-// manager calls and back. It is deliberately thin: no SQL, no policy.
-// Requests are validated against the proto's protovalidate rules before a
-// handler runs.
+// Package service is the HTTP edge of the cache: NewEdge returns the one
+// handler the server serves (every API service, health, reflection,
+// /readyz, CORS, the request limit and the failure log), and each API
+// service turns RPCs into manager calls and back. It is deliberately thin:
+// no SQL, no policy. Requests are validated against the proto's
+// protovalidate rules before a handler runs. It knows nothing of the
+// http.Server, listeners or flags, which are cmd's.
 package service
 
 import (
@@ -24,7 +27,8 @@ import (
 // was a tenth of the server's profile under load).
 const compressMinBytes = 4 << 10
 
-// NewHandler returns the path and handler of CacheService over m. The
+// NewHandler returns the path and handler of CacheService over m, as
+// NewEdge mounts it. The
 // interceptors given in opts run first, outermost first, and the
 // protovalidate interceptor last, just before the handler: so metrics,
 // tracing and logging interceptors see requests that validation rejects.

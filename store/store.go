@@ -39,10 +39,17 @@ var (
 type Config struct {
 	// URL is a PostgreSQL connection string (URL or keyword/value form).
 	URL string
-	// MaxConns bounds the pool; zero keeps pgx's default.
+	// MaxConns bounds the pool; zero means the default.
 	MaxConns int32
-	// Timeout bounds every database call; zero means 5s.
+	// Timeout bounds every database call; zero means the default.
 	Timeout time.Duration
+}
+
+// DefaultConfig returns the pool's defaults (no URL): ten connections, and
+// five seconds for a database call, after which a cache is better off
+// answering unavailable than holding its caller.
+func DefaultConfig() Config {
+	return Config{MaxConns: 10, Timeout: 5 * time.Second}
 }
 
 // Store is a pool of connections to one database.
@@ -59,21 +66,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %s", parseProblem(err))
 	}
-	if cfg.MaxConns > 0 {
-		poolCfg.MaxConns = cfg.MaxConns
+	def := DefaultConfig()
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = def.MaxConns
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
+	}
+	poolCfg.MaxConns = cfg.MaxConns
 	// Connections stay open across bursts instead of being re-dialled per
 	// request; pgx's default idle time (30m) and health checks keep them.
 	poolCfg.MinConns = min(poolCfg.MaxConns, 2)
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
-	return newStore(pool, timeout), nil
+	return newStore(pool, cfg.Timeout), nil
 }
 
 func newStore(pool *pgxpool.Pool, timeout time.Duration) *Store {

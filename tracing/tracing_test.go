@@ -3,7 +3,6 @@ package tracing_test
 import (
 	"context"
 	"encoding/hex"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"testing"
@@ -44,9 +43,8 @@ func callTraced(t *testing.T, tr *tracing.Tracing, traceparent string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(manager.New(st, manager.Config{}, nil), connect.WithInterceptors(tr.Interceptor())))
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewServer(service.NewEdge(manager.New(st, manager.Config{}, nil),
+		service.Options{Interceptors: []connect.Interceptor{tr.Interceptor()}}))
 	t.Cleanup(srv.Close)
 	client := cachev1connect.NewCacheServiceClient(srv.Client(), srv.URL)
 	req := connect.NewRequest(&cachev1.GetRequest{Scope: &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}, Key: "k"})

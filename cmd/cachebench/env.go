@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,19 +14,21 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
 
-	"github.com/cacheservice/cacheservice/internal/bench"
+	"github.com/cacheservice/cacheservice/cmd/cachebench/internal/bench"
 	"github.com/cacheservice/cacheservice/internal/embeddedpg"
-	"github.com/cacheservice/cacheservice/manager"
-	"github.com/cacheservice/cacheservice/service"
-	"github.com/cacheservice/cacheservice/store"
 )
 
-// envConfig says what to measure: a running server, or one the tool starts.
+// serverPackage is what cachebench builds when given no --server-bin.
+const serverPackage = "github.com/cacheservice/cacheservice/cmd/cacheservice"
+
+// envConfig says what to measure: a running server, or the real server
+// binary, started by the tool over a database.
 type envConfig struct {
 	target      string // URL of a running server; empty: start one
 	databaseURL string // the database the ceiling uses (and a started server, if set)
-	serverBin   string // a cacheservice binary to run as a separate process
+	serverBin   string // the cacheservice binary to run; empty: build it
 	serverArgs  []string
 	dataDir     string // the embedded database's directory; empty: a temporary one
 	durable     bool
@@ -38,69 +36,39 @@ type envConfig struct {
 	logger      *slog.Logger
 }
 
-// env is the system under test.
-type env struct {
-	baseURL     string
-	databaseURL string          // empty when the ceiling cannot run
-	serverPID   int             // the server's process, when it is a separate one
-	dbPID       int             // the embedded database's postmaster, when started here
-	serverDone  <-chan struct{} // closed when a separate server process exits
-	serverKind  string          // how the server runs, for the report
-	closers     []func()
-}
+// closers undo what was started, last first.
+type closers []func()
 
-func (e *env) close() {
-	for i := len(e.closers) - 1; i >= 0; i-- {
-		e.closers[i]()
+func (c *closers) add(f func()) { *c = append(*c, f) }
+
+func (c closers) close() {
+	for i := len(c) - 1; i >= 0; i-- {
+		c[i]()
 	}
 }
 
-// startEnv brings up the database and the server that cfg asks for.
-func startEnv(ctx context.Context, cfg envConfig) (_ *env, err error) {
-	e := &env{baseURL: cfg.target, databaseURL: cfg.databaseURL, serverKind: "external, at " + cfg.target}
-	defer func() {
-		if err != nil {
-			e.close()
-		}
-	}()
-	if cfg.target != "" {
-		return e, nil
-	}
-	if e.databaseURL == "" {
-		if err := e.startDatabase(ctx, cfg); err != nil {
-			return nil, err
-		}
-	}
-	if err := store.Migrate(ctx, e.databaseURL); err != nil {
-		return nil, fmt.Errorf("migrate: %w", err)
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	e.baseURL = "http://" + addr
-	if cfg.serverBin != "" {
-		err = e.execServer(ctx, cfg, addr)
-	} else {
-		err = e.serveInProcess(ctx, cfg, addr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return e, waitReady(ctx, e.baseURL)
+// database is the PostgreSQL under the servers and the ceiling.
+type database struct {
+	url string
+	pid int                // the embedded postmaster, whose children are measured; 0 if external
+	pg  *embeddedpg.Server // nil if external
 }
 
-func (e *env) startDatabase(ctx context.Context, cfg envConfig) error {
+// startDatabase starts an embedded PostgreSQL, unless cfg names a database.
+func startDatabase(ctx context.Context, cfg envConfig, cl *closers) (*database, error) {
+	if cfg.databaseURL != "" {
+		return &database{url: cfg.databaseURL}, nil
+	}
 	dir := cfg.dataDir
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "cachebench-")
 		if err != nil {
-			return fmt.Errorf("create database directory: %w", err)
+			return nil, fmt.Errorf("create database directory: %w", err)
 		}
-		e.closers = append(e.closers, func() { os.RemoveAll(tmp) })
+		cl.add(func() { os.RemoveAll(tmp) })
 		// The database runs as its own user, who must be able to enter.
 		if err := os.Chmod(tmp, 0o755); err != nil {
-			return fmt.Errorf("open database directory: %w", err)
+			return nil, fmt.Errorf("open database directory: %w", err)
 		}
 		dir = tmp
 	}
@@ -111,34 +79,76 @@ func (e *env) startDatabase(ctx context.Context, cfg envConfig) error {
 		Settings: map[string]string{"max_connections": "200"},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	e.closers = append(e.closers, func() {
+	cl.add(func() {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if err := pg.Stop(stopCtx); err != nil {
 			cfg.logger.Warn("stop embedded postgresql", "err", err)
 		}
 	})
-	e.databaseURL = pg.ConnString(embeddedpg.DefaultDatabase)
-	e.dbPID = pg.Pid()
-	return nil
+	return &database{url: pg.ConnString(embeddedpg.DefaultDatabase), pid: pg.Pid(), pg: pg}, nil
 }
 
-// execServer runs the real server binary as its own process, so that client
-// and server share no Go runtime and the server's memory can be read.
-func (e *env) execServer(ctx context.Context, cfg envConfig, addr string) error {
-	args := []string{"serve", "--addr", addr, "--database-url", e.databaseURL}
+// create makes an empty database of the embedded cluster and returns its
+// connection string, so that two builds of the server never share a schema.
+func (d *database) create(ctx context.Context, name string) (string, error) {
+	if d.pg == nil {
+		return "", fmt.Errorf("database %q: only an embedded cluster can be split per server", name)
+	}
+	conn, err := pgx.Connect(ctx, d.url)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("create database %q: %w", name, err)
+	}
+	return d.pg.ConnString(name), nil
+}
+
+// server is the system under test: a process the tool started, or a
+// running server at a URL (pid 0).
+type server struct {
+	baseURL string
+	pid     int
+	done    <-chan struct{} // closed when a started process exits; nil otherwise
+	kind    string          // how the server runs, for the report
+}
+
+// exited reports whether a started server process has ended.
+func (s *server) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// buildServer compiles the server command into dir. It needs the go
+// command and this module's source: the way to measure the tree at hand.
+func buildServer(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "cacheservice")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, serverPackage)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s (or pass --server-bin): %w\n%s", serverPackage, err, out)
+	}
+	return bin, nil
+}
+
+// startServer runs the server binary bin as its own process over
+// databaseURL, so that client and server share no Go runtime and the
+// server's CPU and memory can be read, and waits until it answers.
+func startServer(ctx context.Context, bin, databaseURL string, cfg envConfig, cl *closers) (*server, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"serve", "--addr", addr, "--database-url", databaseURL}
 	if cfg.dbMaxConns > 0 {
 		args = append(args, "--db-max-conns", strconv.Itoa(cfg.dbMaxConns))
-	}
-	bin, kind := cfg.serverBin, filepath.Base(cfg.serverBin)
-	if bin == "self" {
-		self, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("find own binary to run as the server: %w", err)
-		}
-		bin, kind = self, "cachebench serve: the service's packages without cmd/cacheservice's extras"
 	}
 	cmd := exec.Command(bin, append(args, cfg.serverArgs...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -158,11 +168,9 @@ func (e *env) execServer(ctx context.Context, cfg envConfig, addr string) error 
 		_ = cmd.Wait()
 	}()
 	if err := <-started; err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	e.serverPID, e.serverDone = cmd.Process.Pid, exited
-	e.serverKind = fmt.Sprintf("separate process (%s)", kind)
-	e.closers = append(e.closers, func() {
+	cl.add(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -171,60 +179,9 @@ func (e *env) execServer(ctx context.Context, cfg envConfig, addr string) error 
 			<-exited
 		}
 	})
-	return nil
-}
-
-// serveInProcess wires the service as the server command does, in this
-// process. Client and server then share a runtime and CPU accounting, so
-// the separate-process mode is the one to publish.
-func (e *env) serveInProcess(ctx context.Context, cfg envConfig, addr string) error {
-	st, err := store.Open(ctx, store.Config{URL: e.databaseURL, MaxConns: int32(cfg.dbMaxConns)})
-	if err != nil {
-		return err
-	}
-	e.closers = append(e.closers, st.Close)
-	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(manager.New(st, manager.DefaultConfig(), cfg.logger)))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	go func() { _ = srv.Serve(ln) }()
-	e.serverKind = "in-process"
-	e.closers = append(e.closers, func() {
-		shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutCtx)
-	})
-	return nil
-}
-
-// serve is 'cachebench serve': the in-process server on its own, until
-// SIGTERM or SIGINT, so that --server-bin self measures a separate process
-// even where no cacheservice binary is at hand.
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("cachebench serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:8094", "host:port to listen on")
-	cfg := envConfig{logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	e := &env{}
-	fs.StringVar(&e.databaseURL, "database-url", "", "PostgreSQL connection string (required)")
-	fs.IntVar(&cfg.dbMaxConns, "db-max-conns", 8, "pool size")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if e.databaseURL == "" {
-		return errors.New("serve: --database-url is required")
-	}
-	defer e.close()
-	if err := e.serveInProcess(ctx, cfg, *addr); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return nil
+	s := &server{baseURL: "http://" + addr, pid: cmd.Process.Pid, done: exited,
+		kind: fmt.Sprintf("separate process (%s)", filepath.Base(bin))}
+	return s, waitReady(ctx, s)
 }
 
 // freeAddr finds a loopback port nobody listens on.
@@ -237,9 +194,10 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// waitReady calls Get until the server answers it, for at most 60s.
-func waitReady(ctx context.Context, baseURL string) error {
-	d, closeIdle, err := bench.NewRPCDriver(baseURL, bench.ConnectProto, 1)
+// waitReady calls Get until the server answers it, for at most 60s, and
+// stops early if the server process exits.
+func waitReady(ctx context.Context, s *server) error {
+	d, closeIdle, err := bench.NewRPCDriver(s.baseURL, bench.ConnectProto, 1)
 	if err != nil {
 		return err
 	}
@@ -252,11 +210,14 @@ func waitReady(ctx context.Context, baseURL string) error {
 		if last == nil || connect.CodeOf(last) == connect.CodeNotFound {
 			return nil
 		}
+		if s.exited() {
+			return fmt.Errorf("server at %s exited before it was ready: %w", s.baseURL, last)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("server at %s not ready after 60s: %w", baseURL, last)
+	return fmt.Errorf("server at %s not ready after 60s: %w", s.baseURL, last)
 }

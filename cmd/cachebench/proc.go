@@ -1,57 +1,28 @@
 package main
 
 import (
-	"bufio"
-	"errors"
-	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
-// clockTick is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
-// which is 100 on every Linux that Go supports.
-const clockTick = 10 * time.Millisecond
-
-// procStat is what the tool reads from /proc/<pid>/stat.
-type procStat struct {
-	ppid int
-	cpu  time.Duration // user + system time
-}
-
-func readStat(pid string) (procStat, error) {
-	data, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
-	if err != nil {
-		return procStat{}, err
-	}
-	// The command name may hold spaces and parentheses; fields follow the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return procStat{}, errors.New("malformed /proc stat")
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 13 {
-		return procStat{}, errors.New("short /proc stat")
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return procStat{ppid: ppid, cpu: time.Duration(utime+stime) * clockTick}, nil
-}
-
-// cpuOf returns the CPU time pid has used, zero if it cannot be read.
+// cpuOf returns the CPU time (user + system) pid has used, zero if it
+// cannot be read.
 func cpuOf(pid int) time.Duration {
 	if pid == 0 {
 		return 0
 	}
-	st, err := readStat(strconv.Itoa(pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	return st.cpu
+	st, err := p.Stat()
+	if err != nil {
+		return 0
+	}
+	return time.Duration(st.CPUTime() * float64(time.Second))
 }
 
 // cpuOfChildren returns the CPU time used by pid's children: for the
@@ -61,17 +32,14 @@ func cpuOfChildren(pid int) time.Duration {
 	if pid == 0 {
 		return 0
 	}
-	entries, err := os.ReadDir("/proc")
+	procs, err := procfs.AllProcs()
 	if err != nil {
 		return 0
 	}
 	var total time.Duration
-	for _, e := range entries {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		if st, err := readStat(e.Name()); err == nil && st.ppid == pid {
-			total += st.cpu
+	for _, p := range procs {
+		if st, err := p.Stat(); err == nil && st.PPID == pid {
+			total += time.Duration(st.CPUTime() * float64(time.Second))
 		}
 	}
 	return total
@@ -80,8 +48,8 @@ func cpuOfChildren(pid int) time.Duration {
 // cpuSnapshot is the CPU time used so far by each side of a run.
 type cpuSnapshot struct{ client, server, db time.Duration }
 
-func takeCPU(e *env) cpuSnapshot {
-	return cpuSnapshot{client: cpuOf(os.Getpid()), server: cpuOf(e.serverPID), db: cpuOfChildren(e.dbPID)}
+func takeCPU(serverPID, dbPID int) cpuSnapshot {
+	return cpuSnapshot{client: cpuOf(os.Getpid()), server: cpuOf(serverPID), db: cpuOfChildren(dbPID)}
 }
 
 // perOp returns microseconds of CPU per operation between two snapshots.
@@ -101,8 +69,8 @@ type rssSampler struct {
 	done chan struct{}
 }
 
-// sampleRSS reads pid's VmRSS every 50ms until stopped. A zero pid samples
-// nothing.
+// sampleRSS reads pid's resident memory every 50ms until stopped. A zero
+// pid samples nothing.
 func sampleRSS(pid int) *rssSampler {
 	s := &rssSampler{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
@@ -113,11 +81,7 @@ func sampleRSS(pid int) *rssSampler {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if rss, err := readRSS(pid); err == nil {
-				s.mu.Lock()
-				s.peak = max(s.peak, rss)
-				s.mu.Unlock()
-			}
+			s.sample()
 			select {
 			case <-s.stop:
 				return
@@ -128,8 +92,27 @@ func sampleRSS(pid int) *rssSampler {
 	return s
 }
 
+// sample reads the process's resident memory now and keeps the peak.
+func (s *rssSampler) sample() {
+	if s.pid == 0 {
+		return
+	}
+	p, err := procfs.NewProc(s.pid)
+	if err != nil {
+		return
+	}
+	if st, err := p.Stat(); err == nil {
+		s.mu.Lock()
+		s.peak = max(s.peak, int64(st.ResidentMemory()))
+		s.mu.Unlock()
+	}
+}
+
 // takePeak returns the peak since the last call, in MiB, and starts over.
+// It samples once itself, so that a run shorter than the sampling period
+// still has a figure.
 func (s *rssSampler) takePeak() float64 {
+	s.sample()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	peak := s.peak
@@ -138,20 +121,3 @@ func (s *rssSampler) takePeak() float64 {
 }
 
 func (s *rssSampler) close() { close(s.stop); <-s.done }
-
-// readRSS returns the VmRSS of pid in bytes.
-func readRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc status")
-}

@@ -12,6 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/service"
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // envPrefix namespaces the environment variable of every flag:
@@ -19,24 +23,24 @@ import (
 const envPrefix = "CACHESERVICE_"
 
 // Config is everything `cacheservice serve` can be told, filled from flags
-// with environment fallbacks and passed down as a value.
+// with environment fallbacks and passed down as a value. The parts that
+// belong to a package are that package's own Config types, so their
+// defaults are stated once, in its Default...() function, and a new field
+// needs only its flag in parseConfig (and a check in validate).
 type Config struct {
 	// Addr is the host:port to listen on; port 0 picks a free one.
 	Addr string
-	// DatabaseURL points at PostgreSQL; empty runs an embedded one in DataDir.
-	DatabaseURL string
+	// Store says how to reach PostgreSQL: --database-url (empty runs an
+	// embedded one in DataDir), --db-max-conns and --db-timeout.
+	Store store.Config
 	// DataDir holds the embedded PostgreSQL cluster.
 	DataDir string
-	// DBMaxConns bounds the connection pool.
-	DBMaxConns int32
-	// DBTimeout bounds every database call.
-	DBTimeout time.Duration
-	// MaxHeartbeat is the longest reservation heartbeat granted.
-	MaxHeartbeat time.Duration
-	// GraceMultiplier is how many heartbeats a reservation outlives.
-	GraceMultiplier float64
-	// MaxInlineBytes bounds an inline output.
-	MaxInlineBytes int
+	// Manager holds the cache's limits: --max-heartbeat,
+	// --grace-multiplier and --max-inline-bytes.
+	Manager manager.Config
+	// Sweep configures the sweeper: --sweep-interval (0 disables it),
+	// --reservation-retention, --entry-ttl and --sweep-batch-size.
+	Sweep manager.SweepConfig
 	// MaxRequestBytes bounds a request body.
 	MaxRequestBytes int
 	// CORSAllowedOrigins lists the browser origins allowed to call; "*" is
@@ -60,18 +64,26 @@ type Config struct {
 	OTLPEndpoint string
 	// PProf mounts net/http/pprof at /debug/pprof/.
 	PProf bool
-	// SweepInterval is the time between sweeper passes; 0 disables it.
-	SweepInterval time.Duration
-	// ReservationRetention is how long past expiry a reservation is kept.
-	ReservationRetention time.Duration
-	// EntryTTL deletes entries not updated for this long; 0 keeps them.
-	EntryTTL time.Duration
-	// SweepBatchSize is the most rows one sweeper statement deletes.
-	SweepBatchSize int
+}
+
+// defaultConfig is the configuration without flags or environment: the
+// packages' defaults and cmd's own.
+func defaultConfig() Config {
+	return Config{
+		Addr:            "127.0.0.1:8094",
+		Store:           store.DefaultConfig(),
+		DataDir:         ".cacheservice",
+		Manager:         manager.DefaultConfig(),
+		Sweep:           manager.DefaultSweepConfig(),
+		MaxRequestBytes: service.DefaultMaxRequestBytes,
+		ShutdownTimeout: 15 * time.Second,
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+	}
 }
 
 // embedded reports whether the server runs its own PostgreSQL.
-func (c Config) embedded() bool { return c.DatabaseURL == "" }
+func (c Config) embedded() bool { return c.Store.URL == "" }
 
 // lookupEnv is os.LookupEnv, injected so tests do not depend on the
 // environment they run in.
@@ -82,35 +94,36 @@ type lookupEnv func(key string) (string, bool)
 // -help prints the usage to output and returns flag.ErrHelp; errors are
 // returned, not printed.
 func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error) {
-	cfg := Config{}
+	// Each flag's default is the field's value in defaultConfig.
+	cfg := defaultConfig()
 	fs := flag.NewFlagSet("cacheservice serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are the caller's to print, in one line
 	fs.Usage = func() {}
-	var maxConns int
-	maxInline, maxRequest := byteSize(1<<20), byteSize(4<<20)
+	maxConns := int(cfg.Store.MaxConns)
+	maxInline, maxRequest := byteSize(cfg.Manager.MaxInlineBytes), byteSize(cfg.MaxRequestBytes)
 	var origins originList
 
-	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:8094", "`host:port` to listen on (port 0 picks a free port)")
-	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "PostgreSQL connection `URL` (else env DATABASE_URL); empty runs an embedded PostgreSQL in --data-dir")
-	fs.StringVar(&cfg.DataDir, "data-dir", ".cacheservice", "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
-	fs.IntVar(&maxConns, "db-max-conns", 10, "maximum open database connections")
-	fs.DurationVar(&cfg.DBTimeout, "db-timeout", 5*time.Second, "deadline of every database call")
-	fs.DurationVar(&cfg.MaxHeartbeat, "max-heartbeat", 10*time.Second, "longest reservation heartbeat interval granted, and the one given when a request sets none")
-	fs.Float64Var(&cfg.GraceMultiplier, "grace-multiplier", 3, "heartbeat intervals a reservation lives without being extended (at least 1)")
+	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "`host:port` to listen on (port 0 picks a free port)")
+	fs.StringVar(&cfg.Store.URL, "database-url", cfg.Store.URL, "PostgreSQL connection `URL` (else env DATABASE_URL); empty runs an embedded PostgreSQL in --data-dir")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
+	fs.IntVar(&maxConns, "db-max-conns", maxConns, "maximum open database connections")
+	fs.DurationVar(&cfg.Store.Timeout, "db-timeout", cfg.Store.Timeout, "deadline of every database call")
+	fs.DurationVar(&cfg.Manager.MaxHeartbeat, "max-heartbeat", cfg.Manager.MaxHeartbeat, "longest reservation heartbeat interval granted, and the one given when a request sets none")
+	fs.Float64Var(&cfg.Manager.GraceMultiplier, "grace-multiplier", cfg.Manager.GraceMultiplier, "heartbeat intervals a reservation lives without being extended (at least 1)")
 	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
-	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "least severe `level` logged: debug, info, warn or error")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
+	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogLevelFile, "log-level-file", "", "`file` holding the log level (debug, info, warn or error), read at start and on SIGHUP; overrides --log-level")
-	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log `format`: text or json")
-	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
-	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")
-	fs.BoolVar(&cfg.PProf, "pprof", false, "serve net/http/pprof at /debug/pprof/")
-	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", time.Minute, "time between sweeper passes; 0 disables the sweeper")
-	fs.DurationVar(&cfg.ReservationRetention, "reservation-retention", time.Hour, "how long after expiry a reservation is deleted")
-	fs.DurationVar(&cfg.EntryTTL, "entry-ttl", 0, "delete entries not updated for this long; 0 keeps them until deleted")
-	fs.IntVar(&cfg.SweepBatchSize, "sweep-batch-size", 1000, "most rows one sweeper statement deletes")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log `format`: text or json")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")
+	fs.BoolVar(&cfg.PProf, "pprof", cfg.PProf, "serve net/http/pprof at /debug/pprof/")
+	fs.DurationVar(&cfg.Sweep.Interval, "sweep-interval", cfg.Sweep.Interval, "time between sweeper passes; 0 disables the sweeper")
+	fs.DurationVar(&cfg.Sweep.ReservationRetention, "reservation-retention", cfg.Sweep.ReservationRetention, "how long after expiry a reservation is deleted")
+	fs.DurationVar(&cfg.Sweep.EntryTTL, "entry-ttl", cfg.Sweep.EntryTTL, "delete entries not updated for this long; 0 keeps them until deleted")
+	fs.IntVar(&cfg.Sweep.BatchSize, "sweep-batch-size", cfg.Sweep.BatchSize, "most rows one sweeper statement deletes")
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
 
 	if err := fs.Parse(args); err != nil {
@@ -132,8 +145,8 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	if maxConns < 1 || maxConns > math.MaxInt32 {
 		return Config{}, fmt.Errorf("%s must be at least 1, got %d", opt("db-max-conns"), maxConns)
 	}
-	cfg.DBMaxConns = int32(maxConns)
-	cfg.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
+	cfg.Store.MaxConns = int32(maxConns)
+	cfg.Manager.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
 	cfg.CORSAllowedOrigins = origins
 	if err := cfg.validate(); err != nil {
 		return Config{}, err
@@ -183,23 +196,23 @@ func (c Config) validate() error {
 	_, _, err := net.SplitHostPort(c.Addr)
 	check(err == nil, "%s %q: want host:port, such as 127.0.0.1:8094", opt("addr"), c.Addr)
 	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
-	check(c.DBTimeout > 0, "%s must be positive, got %v", opt("db-timeout"), c.DBTimeout)
-	check(c.MaxHeartbeat > 0, "%s must be positive, got %v", opt("max-heartbeat"), c.MaxHeartbeat)
-	check(c.GraceMultiplier >= 1 && !math.IsInf(c.GraceMultiplier, 0),
-		"%s must be a finite number of at least 1, got %v", opt("grace-multiplier"), c.GraceMultiplier)
-	check(c.MaxInlineBytes > 0, "%s must be positive, got %d", opt("max-inline-bytes"), c.MaxInlineBytes)
+	check(c.Store.Timeout > 0, "%s must be positive, got %v", opt("db-timeout"), c.Store.Timeout)
+	check(c.Manager.MaxHeartbeat > 0, "%s must be positive, got %v", opt("max-heartbeat"), c.Manager.MaxHeartbeat)
+	check(c.Manager.GraceMultiplier >= 1 && !math.IsInf(c.Manager.GraceMultiplier, 0),
+		"%s must be a finite number of at least 1, got %v", opt("grace-multiplier"), c.Manager.GraceMultiplier)
+	check(c.Manager.MaxInlineBytes > 0, "%s must be positive, got %d", opt("max-inline-bytes"), c.Manager.MaxInlineBytes)
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
-	check(c.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
-		opt("max-inline-bytes"), c.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
+		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)
 		check(err == nil, "%s %q: want host:port, such as 127.0.0.1:9090", opt("metrics-addr"), c.MetricsAddr)
 	}
-	check(c.SweepInterval >= 0, "%s must not be negative, got %v", opt("sweep-interval"), c.SweepInterval)
-	check(c.ReservationRetention >= 0, "%s must not be negative, got %v", opt("reservation-retention"), c.ReservationRetention)
-	check(c.EntryTTL >= 0, "%s must not be negative, got %v", opt("entry-ttl"), c.EntryTTL)
-	check(c.SweepBatchSize >= 1, "%s must be at least 1, got %d", opt("sweep-batch-size"), c.SweepBatchSize)
+	check(c.Sweep.Interval >= 0, "%s must not be negative, got %v", opt("sweep-interval"), c.Sweep.Interval)
+	check(c.Sweep.ReservationRetention >= 0, "%s must not be negative, got %v", opt("reservation-retention"), c.Sweep.ReservationRetention)
+	check(c.Sweep.EntryTTL >= 0, "%s must not be negative, got %v", opt("entry-ttl"), c.Sweep.EntryTTL)
+	check(c.Sweep.BatchSize >= 1, "%s must be at least 1, got %d", opt("sweep-batch-size"), c.Sweep.BatchSize)
 	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
 	return errors.Join(errs...)
 }

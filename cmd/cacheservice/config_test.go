@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // env returns a lookupEnv over vars.
@@ -27,19 +30,14 @@ func TestParseConfigDefaults(t *testing.T) {
 	want := Config{
 		Addr:            "127.0.0.1:8094",
 		DataDir:         ".cacheservice",
-		DBMaxConns:      10,
-		DBTimeout:       5 * time.Second,
-		MaxHeartbeat:    10 * time.Second,
-		GraceMultiplier: 3,
-		MaxInlineBytes:  1 << 20,
+		Store:           store.Config{MaxConns: 10, Timeout: 5 * time.Second},
+		Manager:         manager.Config{MaxHeartbeat: 10 * time.Second, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
 		MaxRequestBytes: 4 << 20,
 		ShutdownTimeout: 15 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-
-		SweepInterval:        time.Minute,
-		ReservationRetention: time.Hour,
-		SweepBatchSize:       1000,
+		// MaxBatches has no flag: it keeps the sweeper's default.
+		Sweep: manager.SweepConfig{Interval: time.Minute, ReservationRetention: time.Hour, BatchSize: 1000, MaxBatches: 100},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults = %+v, want %+v", got, want)
@@ -63,15 +61,15 @@ func TestParseConfigPrecedence(t *testing.T) {
 		{"flag over env", []string{"-addr=:9000"}, map[string]string{"CACHESERVICE_ADDR": ":9001"},
 			func(c Config) bool { return c.Addr == ":9000" }},
 		{"DATABASE_URL fallback", nil, map[string]string{"DATABASE_URL": "postgres://a/b"},
-			func(c Config) bool { return c.DatabaseURL == "postgres://a/b" && !c.embedded() }},
+			func(c Config) bool { return c.Store.URL == "postgres://a/b" && !c.embedded() }},
 		{"CACHESERVICE_DATABASE_URL over DATABASE_URL", nil,
 			map[string]string{"DATABASE_URL": "postgres://a/b", "CACHESERVICE_DATABASE_URL": "postgres://c/d"},
-			func(c Config) bool { return c.DatabaseURL == "postgres://c/d" }},
+			func(c Config) bool { return c.Store.URL == "postgres://c/d" }},
 		{"byte sizes with suffixes", []string{"--max-inline-bytes", "512KiB"}, map[string]string{"CACHESERVICE_MAX_REQUEST_BYTES": "2MiB"},
-			func(c Config) bool { return c.MaxInlineBytes == 512<<10 && c.MaxRequestBytes == 2<<20 }},
+			func(c Config) bool { return c.Manager.MaxInlineBytes == 512<<10 && c.MaxRequestBytes == 2<<20 }},
 		{"sub-second durations", []string{"--max-heartbeat", "1500ms"}, map[string]string{"CACHESERVICE_DB_TIMEOUT": "250ms"},
 			func(c Config) bool {
-				return c.MaxHeartbeat == 1500*time.Millisecond && c.DBTimeout == 250*time.Millisecond
+				return c.Manager.MaxHeartbeat == 1500*time.Millisecond && c.Store.Timeout == 250*time.Millisecond
 			}},
 		{"CORS origins", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000,"},
 			func(c Config) bool {
@@ -83,7 +81,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
 		{"everything else", []string{"--data-dir=/var/lib/cacheservice", "--db-max-conns=32", "--grace-multiplier=2.5", "--shutdown-timeout=1m"}, nil,
 			func(c Config) bool {
-				return c.DataDir == "/var/lib/cacheservice" && c.DBMaxConns == 32 && c.GraceMultiplier == 2.5 && c.ShutdownTimeout == time.Minute
+				return c.DataDir == "/var/lib/cacheservice" && c.Store.MaxConns == 32 && c.Manager.GraceMultiplier == 2.5 && c.ShutdownTimeout == time.Minute
 			}},
 	}
 	for _, tt := range tests {

@@ -44,11 +44,12 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		}
 	}()
 
-	url := cfg.DatabaseURL
+	storeCfg := cfg.Store
 	if !cfg.embedded() {
 		// No error may echo the operator's connection string: its password,
 		// and its other parts too, since a malformed one has no reliable
 		// boundary between them.
+		url := storeCfg.URL
 		defer func() {
 			if err != nil {
 				err = redact(err, url)
@@ -73,10 +74,10 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		if err != nil {
 			return nil, err
 		}
-		url = db.embedded.ConnString(embeddedpg.DefaultDatabase)
+		storeCfg.URL = db.embedded.ConnString(embeddedpg.DefaultDatabase)
 	}
 
-	db.store, err = store.Open(ctx, store.Config{URL: url, MaxConns: cfg.DBMaxConns, Timeout: cfg.DBTimeout})
+	db.store, err = store.Open(ctx, storeCfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}

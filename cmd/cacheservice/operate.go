@@ -50,24 +50,15 @@ func newOperations(ctx context.Context, cfg Config, db *database, logger *slog.L
 	return ops, nil
 }
 
-// interceptors returns the API's interceptors, outermost first: the trace
-// span encloses everything, metrics time the rest; inner ones follow.
-func (ops *operations) interceptors(inner ...connect.Interceptor) []connect.Interceptor {
+// interceptors returns the operators' interceptors, outermost first: the
+// trace span encloses everything, metrics time the rest. The edge puts
+// its own (the failure log, validation) inside them.
+func (ops *operations) interceptors() []connect.Interceptor {
 	var out []connect.Interceptor
 	if ops.tracing != nil {
 		out = append(out, ops.tracing.Interceptor())
 	}
-	return append(append(out, ops.metrics.Interceptor()), inner...)
-}
-
-// sweepConfig is the sweeper's part of the configuration.
-func (ops *operations) sweepConfig() manager.SweepConfig {
-	sc := manager.DefaultSweepConfig()
-	sc.Interval = ops.cfg.SweepInterval
-	sc.ReservationRetention = ops.cfg.ReservationRetention
-	sc.EntryTTL = ops.cfg.EntryTTL
-	sc.BatchSize = ops.cfg.SweepBatchSize
-	return sc
+	return append(out, ops.metrics.Interceptor())
 }
 
 // start mounts /metrics (and pprof when enabled) on mux, or on a listener
@@ -93,8 +84,8 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	if ops.cfg.SweepInterval > 0 {
-		ops.background.Go(func() { m.RunSweeper(ctx, ops.sweepConfig(), time.Now) })
+	if ops.cfg.Sweep.Interval > 0 {
+		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep, time.Now) })
 	}
 	return nil
 }

@@ -9,13 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"connectrpc.com/connect"
-	connectcors "connectrpc.com/cors"
-	"connectrpc.com/grpchealth"
-	"connectrpc.com/grpcreflect"
-	"github.com/rs/cors"
-
-	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
 )
@@ -35,23 +28,17 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	if err != nil {
 		return err
 	}
-	m := manager.New(db.store, manager.Config{
-		MaxHeartbeat:    cfg.MaxHeartbeat,
-		GraceMultiplier: cfg.GraceMultiplier,
-		MaxInlineBytes:  cfg.MaxInlineBytes,
-	}, logger, manager.WithObserver(ops.metrics))
+	m := manager.New(db.store, cfg.Manager, logger, manager.WithObserver(ops.metrics))
 
+	// The API edge answers everything but the operator endpoints that
+	// ops.start mounts beside it.
 	mux := http.NewServeMux()
-	mux.Handle(service.NewHandler(m,
-		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
-		connect.WithInterceptors(ops.interceptors(logFailures(logger))...),
-	))
-	readiness := service.NewReadiness(m, service.ReadinessConfig{}, logger)
-	mux.Handle(grpchealth.NewHandler(readiness))
-	mux.Handle("/readyz", readiness)
-	reflector := grpcreflect.NewStaticReflector(cachev1connect.CacheServiceName, grpchealth.HealthV1ServiceName)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle("/", service.NewEdge(m, service.Options{
+		Logger:             logger,
+		Interceptors:       ops.interceptors(),
+		MaxRequestBytes:    cfg.MaxRequestBytes,
+		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
+	}))
 
 	// The sweeper and the metrics listener stop with ctx, or when the API
 	// server fails; the pool closes only after they are done.
@@ -61,7 +48,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 		return err
 	}
 
-	srv := newHTTPServer(withCORS(mux, cfg.CORSAllowedOrigins), logger)
+	srv := newHTTPServer(mux, logger)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind))
 	return serve(ctx, srv, ln, cfg.ShutdownTimeout, logger)
 }
@@ -85,22 +72,6 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-}
-
-// withCORS lets the configured browser origins call every protocol Connect
-// serves, and read the headers its errors come back in. Without origins,
-// h is returned as it is and browsers keep their same-origin policy.
-func withCORS(h http.Handler, origins []string) http.Handler {
-	if len(origins) == 0 {
-		return h
-	}
-	return cors.New(cors.Options{
-		AllowedOrigins: origins,
-		AllowedMethods: connectcors.AllowedMethods(),
-		AllowedHeaders: connectcors.AllowedHeaders(),
-		ExposedHeaders: connectcors.ExposedHeaders(),
-		MaxAge:         7200, // seconds; browsers cap it lower anyway
-	}).Handler(h)
 }
 
 // serve runs srv on ln until ctx ends, then shuts it down gracefully,

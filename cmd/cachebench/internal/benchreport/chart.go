@@ -7,7 +7,7 @@ import (
 	"math"
 	"slices"
 
-	"github.com/cacheservice/cacheservice/internal/bench"
+	"github.com/cacheservice/cacheservice/cmd/cachebench/internal/bench"
 )
 
 // Chart geometry, in SVG user units.

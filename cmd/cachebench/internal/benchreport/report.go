@@ -1,7 +1,7 @@
 // Package benchreport turns cachebench results into what people read: the
 // table on a terminal, the generated part of docs/BENCHMARKS.md with the
-// targets checked against the measurements, and the SVG chart. It measures
-// nothing itself.
+// targets checked against the measurements, the SVG chart, and compare's
+// side-by-side of two builds. It measures nothing itself.
 package benchreport
 
 import (
@@ -18,8 +18,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 
-	"github.com/cacheservice/cacheservice/internal/bench"
+	"github.com/cacheservice/cacheservice/cmd/cachebench/internal/bench"
 )
 
 // Info describes the run as a whole.
@@ -190,7 +191,7 @@ func writeTargets(w io.Writer, results []bench.Result) {
 	if peak > 0 {
 		fmt.Fprintf(w, "| server RSS at 64 clients ≤ 64 MiB | peak %.1f MiB | %s |\n", peak, yesNo(peak <= 64))
 	} else {
-		fmt.Fprintln(w, "| server RSS at 64 clients ≤ 64 MiB | not measured (server not a separate process) | |")
+		fmt.Fprintln(w, "| server RSS at 64 clients ≤ 64 MiB | not measured (a server at --target) | |")
 	}
 	fmt.Fprintln(w, "| one round trip for Get, Delete, Release; one transaction for claim and Put | counted by `store` tests (`TestRoundTrips`), not by this run | see below |")
 	fmt.Fprintln(w)
@@ -224,36 +225,29 @@ func find(results []bench.Result, workload, protocol string, concurrency int) (b
 
 // Machine describes this computer in one line.
 func Machine() string {
-	model := "unknown CPU"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(data), "\n") {
-			if name, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(name) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
+	model, mem := "unknown CPU", ""
+	if fs, err := procfs.NewDefaultFS(); err == nil {
+		if cpus, err := fs.CPUInfo(); err == nil && len(cpus) > 0 && cpus[0].ModelName != "" {
+			model = cpus[0].ModelName
 		}
-	}
-	mem := ""
-	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
-		var kb int64
-		if _, err := fmt.Sscanf(string(data), "MemTotal: %d kB", &kb); err == nil {
-			mem = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/(1<<20))
+		if mi, err := fs.Meminfo(); err == nil && mi.MemTotalBytes != nil {
+			mem = fmt.Sprintf(", %.1f GiB RAM", float64(*mi.MemTotalBytes)/(1<<30))
 		}
 	}
 	return fmt.Sprintf("%s, %d cores%s, %s %s/%s", model, runtime.NumCPU(), mem, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-// Load returns the load averages from /proc/loadavg.
+// Load returns the load averages over 1, 5 and 15 minutes.
 func Load() string {
-	data, err := os.ReadFile("/proc/loadavg")
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return "unknown"
 	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
+	l, err := fs.LoadAvg()
+	if err != nil {
 		return "unknown"
 	}
-	return strings.Join(f[:3], ", ")
+	return fmt.Sprintf("%.2f, %.2f, %.2f", l.Load1, l.Load5, l.Load15)
 }
 
 // PostgresVersion asks the database for its version, briefly.

@@ -1,0 +1,130 @@
+package service
+
+import (
+	"log/slog"
+	"net/http"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/rs/cors"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/manager"
+)
+
+// DefaultMaxRequestBytes is the largest request body the edge reads when
+// Options leaves it unset: an inline output of 1 MiB (the manager's default
+// limit) in base64 JSON, with room to spare.
+const DefaultMaxRequestBytes = 4 << 20
+
+// Options configures the HTTP edge. The zero value is a working server
+// without CORS, metrics or tracing.
+type Options struct {
+	// Logger receives the failed-request log and the readiness changes;
+	// nil discards them.
+	Logger *slog.Logger
+	// Interceptors run around every RPC of every mounted service, outermost
+	// first, outside the failed-request log and validation: so metrics and
+	// tracing see the requests validation rejects. (An authentication
+	// interceptor belongs after these and before validation: add it in
+	// interceptors below.)
+	Interceptors []connect.Interceptor
+	// MaxRequestBytes bounds a request body; 0 means DefaultMaxRequestBytes.
+	MaxRequestBytes int
+	// CORSAllowedOrigins lists the browser origins allowed to call, "*" for
+	// any; empty leaves browsers their same-origin policy.
+	CORSAllowedOrigins []string
+	// Readiness tunes the database check behind health and /readyz.
+	Readiness ReadinessConfig
+}
+
+// mount is one API service the edge serves over the manager.
+type mount struct {
+	// desc describes the service: its full name and its methods, from
+	// which the procedures, reflection and health names are derived.
+	desc protoreflect.ServiceDescriptor
+	// handler builds the service's Connect handler with opts.
+	handler func(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler)
+}
+
+// mounts lists every API service the edge serves. Adding a service (Flyte's
+// CacheService v2, say) is one entry here: the mux, reflection, health and
+// Procedures follow, and with them the hostile and fuzz suites.
+var mounts = []mount{
+	{desc: cachev1.File_cacheservice_v1_cache_proto.Services().ByName("CacheService"), handler: NewHandler},
+}
+
+// Procedures returns the full name of every RPC the edge serves, such as
+// /cacheservice.v1.CacheService/Get, in the order of the proto files.
+func Procedures() []string {
+	var out []string
+	for _, s := range mounts {
+		methods := s.desc.Methods()
+		for i := range methods.Len() {
+			out = append(out, "/"+string(s.desc.FullName())+"/"+string(methods.Get(i).Name()))
+		}
+	}
+	return out
+}
+
+// serviceNames returns the full names of the mounted services.
+func serviceNames() []string {
+	out := make([]string, 0, len(mounts))
+	for _, s := range mounts {
+		out = append(out, string(s.desc.FullName()))
+	}
+	return out
+}
+
+// NewEdge returns the whole HTTP handler of the server: every mounted API
+// service, gRPC health (readiness) and reflection (v1 and v1alpha), and
+// /readyz, behind CORS. The caller adds only the http.Server, listeners and
+// whatever operator endpoints it serves beside (metrics, pprof).
+//
+// Interceptors run in this order, outermost first: opts.Interceptors
+// (tracing, metrics), the failed-request log, then protovalidate just
+// before the handler.
+func NewEdge(m *manager.Manager, opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...), logFailures(opts.Logger))
+	handlerOpts := []connect.HandlerOption{
+		connect.WithReadMaxBytes(opts.MaxRequestBytes),
+		connect.WithInterceptors(interceptors...),
+	}
+
+	mux := http.NewServeMux()
+	for _, s := range mounts {
+		mux.Handle(s.handler(m, handlerOpts...))
+	}
+	readiness := NewReadiness(m, opts.Readiness, opts.Logger)
+	mux.Handle(grpchealth.NewHandler(readiness))
+	mux.Handle("/readyz", readiness)
+	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return withCORS(mux, opts.CORSAllowedOrigins)
+}
+
+// withCORS lets the configured browser origins call every protocol Connect
+// serves, and read the headers its errors come back in. Without origins,
+// h is returned as it is and browsers keep their same-origin policy.
+func withCORS(h http.Handler, origins []string) http.Handler {
+	if len(origins) == 0 {
+		return h
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: connectcors.AllowedHeaders(),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200, // seconds; browsers cap it lower anyway
+	}).Handler(h)
+}

@@ -1,0 +1,80 @@
+package service_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/pgtest"
+	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/service"
+	"github.com/cacheservice/cacheservice/store"
+)
+
+func TestProceduresListEveryRPCOfCacheService(t *testing.T) {
+	t.Parallel()
+	want := []string{
+		cachev1connect.CacheServiceGetProcedure,
+		cachev1connect.CacheServicePutProcedure,
+		cachev1connect.CacheServiceDeleteProcedure,
+		cachev1connect.CacheServiceGetOrExtendReservationProcedure,
+		cachev1connect.CacheServiceReleaseReservationProcedure,
+	}
+	got := service.Procedures()
+	for _, p := range want {
+		if !slices.Contains(got, p) {
+			t.Errorf("Procedures() = %v, want %s among them", got, p)
+		}
+	}
+}
+
+// TestEdgeServesEveryProcedureBehindTheCallersInterceptors posts an empty
+// request to every procedure: each must be mounted (validation answers,
+// not a 404), and the caller's interceptor must see it although validation
+// rejected it, since it runs outside validation.
+func TestEdgeServesEveryProcedureBehindTheCallersInterceptors(t *testing.T) {
+	t.Parallel()
+	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	var mu sync.Mutex
+	seen := map[string]connect.Code{}
+	record := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			res, err := next(ctx, req)
+			mu.Lock()
+			defer mu.Unlock()
+			seen[req.Spec().Procedure] = connect.CodeOf(err)
+			return res, err
+		}
+	})
+	srv := httptest.NewServer(service.NewEdge(manager.New(st, manager.Config{}, nil),
+		service.Options{Interceptors: []connect.Interceptor{record}}))
+	t.Cleanup(srv.Close)
+
+	for _, procedure := range service.Procedures() {
+		res, err := srv.Client().Post(srv.URL+procedure, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatalf("POST %s: %v", procedure, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("POST %s with an empty request: status %d, want 400 (invalid_argument)", procedure, res.StatusCode)
+		}
+		mu.Lock()
+		code, ok := seen[procedure]
+		mu.Unlock()
+		if !ok || code != connect.CodeInvalidArgument {
+			t.Errorf("caller's interceptor saw %s: %v (code %v), want invalid_argument", procedure, ok, code)
+		}
+	}
+}
