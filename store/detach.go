@@ -110,6 +110,9 @@ func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *p
 		case err := <-done: // finished just as the caller gave up: keep the answer
 			return err
 		default:
+			if cause := context.Cause(ctx); errors.Is(cause, errStoreDeadline) {
+				return cause // the store's deadline, not the caller's: unavailable
+			}
 			return ctx.Err()
 		}
 	}

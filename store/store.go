@@ -141,10 +141,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	}))
 }
 
+// errStoreDeadline is the cause of a context ended by the store's own
+// deadline, which tells it apart from the caller's.
+var errStoreDeadline = fmt.Errorf("%w: the database did not answer within the store's deadline", ErrUnavailable)
+
 // deadline bounds one database call so that a frozen database cannot hang a
 // request, whatever deadline (if any) the caller brought.
 func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
+	return context.WithTimeoutCause(ctx, s.timeout, errStoreDeadline)
 }
 
 // classify turns a pgx error into one of the package's sentinels, wrapped
