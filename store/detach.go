@@ -33,13 +33,19 @@ const (
 type detached struct{ s *Store }
 
 // Exec runs one statement through detach.
-func (d detached) Exec(ctx context.Context, sql string, args ...any) (tag pgconn.CommandTag, err error) {
-	err = d.s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+func (d detached) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	var tag pgconn.CommandTag
+	err := d.s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		t, err := conn.Exec(ctx, sql, args...)
-		tag = t // written only when the caller is still waiting, see detach
+		tag = t
 		return err
 	})
-	return tag, err
+	if err != nil {
+		// Perhaps answered before the statement ended: tag may be
+		// written yet, so it is not read.
+		return pgconn.CommandTag{}, err
+	}
+	return tag, nil // detach returned op's result, received from its goroutine
 }
 
 // QueryRow returns a row whose Scan runs the query through detach.
