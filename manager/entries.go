@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"errors"
-	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -25,40 +24,54 @@ func (m *Manager) Get(ctx context.Context, req *cachev1.GetRequest) (*cachev1.Ge
 }
 
 // Put stores an output. An existing entry is replaced only when overwrite is
-// set, or when max_age is set and the entry was last updated before now
-// minus max_age; otherwise ALREADY_EXISTS. A replaced entry keeps its
-// created_at. The decision and the write are one statement in the store.
-func (m *Manager) Put(ctx context.Context, now time.Time, req *cachev1.PutRequest) (*cachev1.PutResponse, error) {
-	now = dbTime(now)
+// set, or when max_age is set and the entry was last updated more than
+// max_age ago; otherwise ALREADY_EXISTS. A replaced entry keeps its
+// created_at. The decision and the write are one statement in the store,
+// timed by the database's clock.
+func (m *Manager) Put(ctx context.Context, req *cachev1.PutRequest) (*cachev1.PutResponse, error) {
+	e, replace, err := m.entryOf(req)
+	if err != nil {
+		return nil, err
+	}
+	return m.putEntry(ctx, e, replace)
+}
+
+// entryOf is the entry and replace rule a Put asks for: the one place that
+// applies the inline limit and the overwrite and max_age rules, for this API
+// and Flyte's. The timestamps are the database's, set by the store.
+func (m *Manager) entryOf(req *cachev1.PutRequest) (store.Entry, store.Replace, error) {
 	out := req.GetOutput()
 	e := store.Entry{
 		ID:            idOf(req.GetScope(), req.GetKey()),
 		SourceName:    out.GetMetadata().GetSource().GetName(),
 		SourceVersion: out.GetMetadata().GetSource().GetVersion(),
 		Labels:        out.GetMetadata().GetLabels(),
-		// Timestamps are the server's; whatever the client sent is ignored.
-		CreatedAt:     now,
-		LastUpdatedAt: now,
+		// Timestamps are the database's; whatever the client sent is ignored.
 	}
 	switch v := out.GetValue().(type) {
 	case *cachev1.CachedOutput_Uri:
 		e.URI = v.Uri
 	case *cachev1.CachedOutput_Inline:
 		if len(v.Inline) > m.cfg.MaxInlineBytes {
-			return nil, invalidArgument("output.inline", "is %d bytes, more than the limit of %d", len(v.Inline), m.cfg.MaxInlineBytes)
+			return store.Entry{}, store.Replace{}, invalidArgument("output.inline", "is %d bytes, more than the limit of %d", len(v.Inline), m.cfg.MaxInlineBytes)
 		}
 		e.Inline = v.Inline
 	default:
-		return nil, invalidArgument("output.value", "exactly one of uri or inline is required")
+		return store.Entry{}, store.Replace{}, invalidArgument("output.value", "exactly one of uri or inline is required")
 	}
 	replace := store.Replace{Always: req.GetOverwrite()}
 	if req.MaxAge != nil {
 		maxAge, err := positiveDuration("max_age", req.GetMaxAge())
 		if err != nil {
-			return nil, err
+			return store.Entry{}, store.Replace{}, err
 		}
-		replace.UpdatedBefore = now.Add(-maxAge)
+		replace.OlderThan = maxAge
 	}
+	return e, replace, nil
+}
+
+// putEntry stores e as replace allows.
+func (m *Manager) putEntry(ctx context.Context, e store.Entry, replace store.Replace) (*cachev1.PutResponse, error) {
 	if err := m.store.PutEntry(ctx, e, replace); err != nil {
 		return nil, m.toConnectError(ctx, "put", err)
 	}

@@ -19,13 +19,12 @@ func TestMain(m *testing.M) {
 	os.Exit(pgtest.Main(m, store.Migrate))
 }
 
-// t0 is the tests' clock; they move time by passing later instants.
-var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-
 type testBundle struct {
 	ctx     context.Context
 	manager *manager.Manager
 	cfg     manager.Config
+	store   *store.Store
+	url     string
 }
 
 func setup(t *testing.T) *testBundle {
@@ -35,12 +34,39 @@ func setup(t *testing.T) *testBundle {
 
 func setupWith(t *testing.T, cfg manager.Config) *testBundle {
 	t.Helper()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 70, Timeout: 30 * time.Second})
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 70, Timeout: 30 * time.Second, LockTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(st.Close)
-	return &testBundle{ctx: t.Context(), manager: manager.New(st, cfg, nil), cfg: cfg}
+	return &testBundle{ctx: t.Context(), manager: manager.New(st, cfg, nil), cfg: cfg, store: st, url: url}
+}
+
+// shiftClock moves the database's clock, which decides every lease and
+// timestamp, to d ahead of real time for the manager's connections.
+func (b *testBundle) shiftClock(t *testing.T, d time.Duration) {
+	t.Helper()
+	pgtest.SetClockOffset(t, b.url, d, b.store.Pool())
+}
+
+// now reads the database's clock as the manager's connections see it.
+func (b *testBundle) now(t *testing.T) time.Time {
+	t.Helper()
+	var now time.Time
+	if err := b.store.Pool().QueryRow(b.ctx, "SELECT cache_now()").Scan(&now); err != nil {
+		t.Fatalf("read the clock: %v", err)
+	}
+	return now.UTC()
+}
+
+// wantBetween fails unless got lies in [from, to] after from is truncated to
+// PostgreSQL's microseconds.
+func wantBetween(t *testing.T, what string, got, from, to time.Time) {
+	t.Helper()
+	if got.Before(from.Truncate(time.Microsecond)) || got.After(to) {
+		t.Errorf("%s = %v, want between %v and %v", what, got, from, to)
+	}
 }
 
 func scope() *cachev1.Scope {

@@ -1,8 +1,12 @@
 // Package manager is the policy of the cache: timestamps, the overwrite and
 // max-age rules, heartbeat resolution, who may claim a reservation, and which
 // error code a caller sees. It speaks the API's messages and connect's error
-// codes but knows no HTTP and no SQL; the store does the persistence, and
-// the caller passes the clock in so that tests can drive time.
+// codes but knows no HTTP and no SQL; the store does the persistence.
+//
+// Time that decides anything is the database's clock, read by the store
+// (docs/ARCHITECTURE.md, "The clock"): the manager passes durations, never instants, so
+// replicas agree and tests move time by moving that clock. Go's own clock is
+// for deadlines and metrics only.
 package manager
 
 import (
@@ -23,6 +27,10 @@ type Config struct {
 	// MaxHeartbeat is the longest heartbeat interval granted, and the one
 	// given when a caller asks for none.
 	MaxHeartbeat time.Duration
+	// MinHeartbeat is the shortest heartbeat interval a caller may ask for;
+	// shorter ones are invalid_argument, as a lease that short would expire
+	// before the worker could extend it.
+	MinHeartbeat time.Duration
 	// GraceMultiplier is how many heartbeat intervals a reservation lives
 	// without being extended.
 	GraceMultiplier float64
@@ -30,13 +38,46 @@ type Config struct {
 	MaxInlineBytes int
 }
 
-// DefaultConfig returns the limits of DESIGN.md.
+// Bounds of the settings. With these, heartbeat × grace is at most 100
+// days, far from overflowing; the lease arithmetic saturates anyway.
+const (
+	MinHeartbeatFloor  = time.Millisecond
+	MaxHeartbeatCeil   = 24 * time.Hour
+	MinGraceMultiplier = 1
+	MaxGraceMultiplier = 100
+)
+
+// DefaultConfig returns the default limits (docs/ARCHITECTURE.md, "Limits").
 func DefaultConfig() Config {
 	return Config{
 		MaxHeartbeat:    10 * time.Second,
+		MinHeartbeat:    100 * time.Millisecond,
 		GraceMultiplier: 3,
 		MaxInlineBytes:  1 << 20,
 	}
+}
+
+// Validate checks the settings' bounds. Errors are store.SettingErrors
+// naming the setting as its flag is named.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(setting, format string, args ...any) {
+		errs = append(errs, &store.SettingError{Setting: setting, Problem: fmt.Sprintf(format, args...)})
+	}
+	if c.MaxHeartbeat < MinHeartbeatFloor || c.MaxHeartbeat > MaxHeartbeatCeil {
+		bad("max-heartbeat", "must be between %v and %v, got %v", MinHeartbeatFloor, MaxHeartbeatCeil, c.MaxHeartbeat)
+	}
+	if c.MinHeartbeat < MinHeartbeatFloor || c.MinHeartbeat > c.MaxHeartbeat {
+		bad("min-heartbeat", "must be at least %v and at most max-heartbeat (%v), got %v", MinHeartbeatFloor, c.MaxHeartbeat, c.MinHeartbeat)
+	}
+	// Written so that NaN fails too.
+	if !(c.GraceMultiplier >= MinGraceMultiplier && c.GraceMultiplier <= MaxGraceMultiplier) {
+		bad("grace-multiplier", "must be between %d and %d, got %v", MinGraceMultiplier, MaxGraceMultiplier, c.GraceMultiplier)
+	}
+	if c.MaxInlineBytes <= 0 {
+		bad("max-inline-bytes", "must be positive, got %d", c.MaxInlineBytes)
+	}
+	return errors.Join(errs...)
 }
 
 // Manager applies the cache's rules on top of a store.
@@ -52,6 +93,9 @@ func New(st *store.Store, cfg Config, logger *slog.Logger, opts ...Option) *Mana
 	def := DefaultConfig()
 	if cfg.MaxHeartbeat <= 0 {
 		cfg.MaxHeartbeat = def.MaxHeartbeat
+	}
+	if cfg.MinHeartbeat <= 0 {
+		cfg.MinHeartbeat = min(def.MinHeartbeat, cfg.MaxHeartbeat)
 	}
 	if cfg.GraceMultiplier <= 0 {
 		cfg.GraceMultiplier = def.GraceMultiplier
@@ -74,20 +118,14 @@ func idOf(scope *cachev1.Scope, key string) store.ID {
 	return store.ID{Org: scope.GetOrg(), Project: scope.GetProject(), Domain: scope.GetDomain(), Key: key}
 }
 
-// dbTime is t as PostgreSQL keeps it (UTC, microseconds), so that what a
-// response says is what a later read returns.
-func dbTime(t time.Time) time.Time {
-	return t.UTC().Truncate(time.Microsecond)
-}
-
 // invalidArgument reports a bad field by name.
 func invalidArgument(field, format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
-// toConnectError maps a store error to the code of the DESIGN table with a
-// message safe for clients. Detail that could leak SQL or connection strings
-// goes to the log only.
+// toConnectError maps a store error to the code of the table in
+// docs/ARCHITECTURE.md ("Errors") with a message safe for clients. Detail
+// that could leak SQL or connection strings goes to the log only.
 func (m *Manager) toConnectError(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -105,6 +143,11 @@ func (m *Manager) toConnectError(ctx context.Context, op string, err error) erro
 			code = connect.CodeDeadlineExceeded
 		}
 		return connect.NewError(code, errors.New("request ended before the database answered"))
+	case errors.Is(err, store.ErrLockTimeout):
+		// Another session holds the row: expected under contention or when
+		// something outside locks it; counted, not logged as trouble.
+		m.logger.DebugContext(ctx, "lock wait timed out", "op", op, "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("the key is busy: another request holds it; retry later"))
 	case errors.Is(err, store.ErrUnavailable):
 		m.logger.WarnContext(ctx, "database unavailable", "op", op, "err", err)
 		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable; retry later"))

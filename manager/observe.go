@@ -19,12 +19,15 @@ const (
 	// OutcomeReleaseNotHeld: a release of a reservation the caller did not
 	// hold (missing, or another's); nothing changed.
 	OutcomeReleaseNotHeld Outcome = "release_not_held"
+	// OutcomeLockTimeout: a claim gave up waiting for the reservation's row
+	// lock (the store's lock timeout) and was answered unavailable.
+	OutcomeLockTimeout Outcome = "lock_timeout"
 )
 
 // Outcomes lists every Outcome, so that a metrics backend can show zeros
 // before the first event.
 func Outcomes() []Outcome {
-	return []Outcome{OutcomeAcquired, OutcomeExtended, OutcomeTakenOver, OutcomeHeldByAnother, OutcomeReleased, OutcomeReleaseNotHeld}
+	return []Outcome{OutcomeAcquired, OutcomeExtended, OutcomeTakenOver, OutcomeHeldByAnother, OutcomeReleased, OutcomeReleaseNotHeld, OutcomeLockTimeout}
 }
 
 // Observer is told what the manager did. It is the manager's only view of
@@ -36,7 +39,8 @@ type Observer interface {
 	// answered: hit when it returned an output, miss when there was none.
 	ObserveLookup(hit bool)
 	// ObserveReservation is called once for every reservation call that
-	// succeeded, after its transaction committed.
+	// succeeded, after its transaction committed, and for every claim that
+	// timed out waiting for the row lock (OutcomeLockTimeout).
 	ObserveReservation(Outcome)
 	// ObserveSweep is called after every sweep pass, with what it deleted
 	// and the error that ended it early, if any.

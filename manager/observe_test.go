@@ -3,6 +3,7 @@ package manager_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -77,7 +78,8 @@ type observedBundle struct {
 
 func setupObserved(t *testing.T) *observedBundle {
 	t.Helper()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 40, Timeout: 30 * time.Second})
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 40, Timeout: 30 * time.Second, LockTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -85,7 +87,7 @@ func setupObserved(t *testing.T) *observedBundle {
 	rec := &recorder{}
 	cfg := manager.DefaultConfig()
 	m := manager.New(st, cfg, nil, manager.WithObserver(rec))
-	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg}, rec: rec, pool: st.Pool()}
+	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg, store: st, url: url}, rec: rec, pool: st.Pool()}
 }
 
 func TestReservationOutcomesAreObserved(t *testing.T) {
@@ -97,10 +99,10 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		do   func()
 		want manager.Outcome
 	}{
-		{"first claim", func() { b.claim(t, t0, "k", "w1", hb) }, manager.OutcomeAcquired},
-		{"holder claims again", func() { b.claim(t, t0.Add(time.Second), "k", "w1", hb) }, manager.OutcomeExtended},
-		{"another claims in time", func() { b.claim(t, t0.Add(2*time.Second), "k", "w2", hb) }, manager.OutcomeHeldByAnother},
-		{"another claims after expiry", func() { b.claim(t, t0.Add(time.Minute), "k", "w2", hb) }, manager.OutcomeTakenOver},
+		{"first claim", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeAcquired},
+		{"holder claims again", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeExtended},
+		{"another claims in time", func() { b.claim(t, "k", "w2", hb) }, manager.OutcomeHeldByAnother},
+		{"another claims after expiry", func() { b.shiftClock(t, time.Minute); b.claim(t, "k", "w2", hb) }, manager.OutcomeTakenOver},
 		{"old holder releases", func() { b.release(t, "k", "w1") }, manager.OutcomeReleaseNotHeld},
 		{"holder releases", func() { b.release(t, "k", "w2") }, manager.OutcomeReleased},
 		{"release of nothing", func() { b.release(t, "k", "w2") }, manager.OutcomeReleaseNotHeld},
@@ -110,6 +112,41 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		if got := b.rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{step.want}) {
 			t.Errorf("%s: observed %v, want [%v]", step.name, got, step.want)
 		}
+	}
+}
+
+// TestLockTimeoutIsUnavailableAndObserved holds a reservation row from
+// another session: a claim on it gives up after the store's lock timeout
+// with unavailable and a message that says to retry and leaks nothing, and
+// the observer counts it as lock_timeout (issue 8, defect 10).
+func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	rec := &recorder{}
+	b := &testBundle{ctx: t.Context(), manager: manager.New(st, manager.DefaultConfig(), nil, manager.WithObserver(rec)), store: st, url: url}
+	b.claim(t, "k", "w1", nil)
+	rec.takeOutcomes()
+
+	tx, err := st.Pool().Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // ends the outside lock
+	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM reservations WHERE key = 'k' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w2"})
+	wantCode(t, err, connect.CodeUnavailable)
+	if msg := err.Error(); !strings.Contains(msg, "retry") || strings.Contains(msg, "lock_timeout") || strings.Contains(msg, "SQLSTATE") {
+		t.Errorf("message %q: want a safe one that says to retry", msg)
+	}
+	if got := rec.takeOutcomes(); !slices.Equal(got, []manager.Outcome{manager.OutcomeLockTimeout}) {
+		t.Errorf("observed %v, want [lock_timeout]", got)
 	}
 }
 
@@ -126,7 +163,7 @@ func TestLookupsAreObservedAsHitOrMiss(t *testing.T) {
 	if got := b.rec.takeLookups(); !slices.Equal(got, []bool{false}) {
 		t.Errorf("after a miss: observed %v, want [false]", got)
 	}
-	if err := b.put(t, t0, &cachev1.PutRequest{Scope: scope(), Key: "k",
+	if err := b.put(t, &cachev1.PutRequest{Scope: scope(), Key: "k",
 		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://b/k"}}}); err != nil {
 		t.Fatal(err)
 	}

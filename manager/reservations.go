@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"errors"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -16,38 +18,37 @@ import (
 // already, and sets it to expire after heartbeat × grace multiplier.
 // Otherwise it returns the current holder's reservation unchanged.
 //
-// The decision runs in a transaction that holds the reservation's row lock,
-// so PostgreSQL serializes claimants across any number of replicas.
-func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req *cachev1.GetOrExtendReservationRequest) (*cachev1.GetOrExtendReservationResponse, error) {
+// The claim runs in a transaction that holds the reservation's row lock,
+// so PostgreSQL serializes claimants across any number of replicas. Whether
+// the holder's lease has expired, and when the new one ends, are decided by
+// the database's clock after the lock is held (store.ClaimReservation): a
+// claim that waited for the lock is never granted a lease that ran out while
+// it waited, and replicas whose clocks disagree still agree on who owns it.
+func (m *Manager) GetOrExtendReservation(ctx context.Context, req *cachev1.GetOrExtendReservationRequest) (*cachev1.GetOrExtendReservationResponse, error) {
 	heartbeat, err := m.resolveHeartbeat(req.HeartbeatInterval)
 	if err != nil {
 		return nil, err
 	}
-	now = dbTime(now)
-	claim := store.Reservation{
+	claim := store.Claim{
 		ID:                idOf(req.GetScope(), req.GetKey()),
 		OwnerID:           req.GetOwnerId(),
 		HeartbeatInterval: heartbeat,
-		ExpiresAt:         dbTime(now.Add(time.Duration(float64(heartbeat) * m.cfg.GraceMultiplier))),
+		Lease:             lease(heartbeat, m.cfg.GraceMultiplier),
 	}
-	var held store.Reservation
-	var outcome Outcome
+	var res store.ClaimResult
 	err = m.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		current, created, err := tx.LockReservation(ctx, claim)
-		if err != nil {
-			return err
-		}
-		held, outcome = current, claimOutcome(current, created, claim.OwnerID, now)
-		if created || outcome == OutcomeHeldByAnother {
-			return nil
-		}
-		held = claim
-		return tx.UpdateReservation(ctx, claim)
+		var err error
+		res, err = tx.ClaimReservation(ctx, claim)
+		return err
 	})
 	if err != nil {
+		if errors.Is(err, store.ErrLockTimeout) {
+			m.observer.ObserveReservation(OutcomeLockTimeout)
+		}
 		return nil, m.toConnectError(ctx, "get or extend reservation", err)
 	}
-	m.observer.ObserveReservation(outcome)
+	m.observer.ObserveReservation(claimOutcome(res, claim.OwnerID))
+	held := res.Current
 	return &cachev1.GetOrExtendReservationResponse{Reservation: &cachev1.Reservation{
 		Key:               held.ID.Key,
 		OwnerId:           held.OwnerID,
@@ -56,31 +57,47 @@ func (m *Manager) GetOrExtendReservation(ctx context.Context, now time.Time, req
 	}}, nil
 }
 
-// claimOutcome decides what a claim by owner does to the reservation current
-// (created: it was inserted by this claim). Owner may take or keep it when it
-// holds it already or the holder's time ran out.
-func claimOutcome(current store.Reservation, created bool, owner string, now time.Time) Outcome {
+// claimOutcome names what a claim by owner did.
+func claimOutcome(res store.ClaimResult, owner string) Outcome {
 	switch {
-	case created:
+	case res.Created:
 		return OutcomeAcquired
-	case current.OwnerID == owner:
-		return OutcomeExtended
-	case !current.ExpiresAt.After(now):
-		return OutcomeTakenOver
-	default:
+	case !res.Granted:
 		return OutcomeHeldByAnother
+	case res.Previous.OwnerID == owner:
+		return OutcomeExtended
+	default:
+		return OutcomeTakenOver
 	}
 }
 
-// resolveHeartbeat applies the server's maximum: unset or above it gives the
-// maximum; an explicit zero or negative interval is invalid.
+// lease is heartbeat × grace, saturating at the longest time.Duration
+// instead of wrapping: whatever the flags, a lease never ends before it
+// starts.
+func lease(heartbeat time.Duration, grace float64) time.Duration {
+	l := float64(heartbeat) * grace
+	switch {
+	case l >= math.MaxInt64 || math.IsNaN(l):
+		return math.MaxInt64
+	case l < 0:
+		return 0
+	}
+	return time.Duration(l)
+}
+
+// resolveHeartbeat applies the server's bounds: unset or above the maximum
+// gives the maximum; an explicit interval below the minimum (zero and
+// negative included) is invalid.
 func (m *Manager) resolveHeartbeat(requested *durationpb.Duration) (time.Duration, error) {
 	if requested == nil {
 		return m.cfg.MaxHeartbeat, nil
 	}
-	d, err := positiveDuration("heartbeat_interval", requested)
-	if err != nil {
-		return 0, err
+	if err := requested.CheckValid(); err != nil {
+		return 0, invalidArgument("heartbeat_interval", "is not a valid duration")
+	}
+	d := requested.AsDuration()
+	if d < m.cfg.MinHeartbeat {
+		return 0, invalidArgument("heartbeat_interval", "must be at least %v, got %v", m.cfg.MinHeartbeat, d)
 	}
 	return min(d, m.cfg.MaxHeartbeat), nil
 }

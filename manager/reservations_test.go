@@ -15,11 +15,11 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
-// claim asks for key's reservation as owner at now, with heartbeat (nil for
+// claim asks for key's reservation as owner, with heartbeat (nil for
 // unset).
-func (b *testBundle) claim(t *testing.T, now time.Time, key, owner string, heartbeat *durationpb.Duration) *cachev1.Reservation {
+func (b *testBundle) claim(t *testing.T, key, owner string, heartbeat *durationpb.Duration) *cachev1.Reservation {
 	t.Helper()
-	res, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{
+	res, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{
 		Scope: scope(), Key: key, OwnerId: owner, HeartbeatInterval: heartbeat,
 	})
 	if err != nil {
@@ -38,23 +38,25 @@ func (b *testBundle) release(t *testing.T, key, owner string) {
 func TestFirstClaimOwnsWithGraceExpiry(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	r := b.claim(t, t0, "k", "w1", durationpb.New(2*time.Second))
+	b.shiftClock(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
+	before := b.now(t)
+	r := b.claim(t, "k", "w1", durationpb.New(2*time.Second))
+	after := b.now(t)
 	if r.GetOwnerId() != "w1" || r.GetKey() != "k" {
 		t.Fatalf("reservation = %v, want owner w1 of k", r)
 	}
 	if got := r.GetHeartbeatInterval().AsDuration(); got != 2*time.Second {
 		t.Errorf("heartbeat = %v, want 2s", got)
 	}
-	if got, want := r.GetExpiresAt().AsTime(), t0.Add(6*time.Second); !got.Equal(want) {
-		t.Errorf("expires_at = %v, want now + 2s × 3 = %v", got, want)
-	}
+	wantBetween(t, "expires_at (now + 2s × 3)", r.GetExpiresAt().AsTime(), before.Add(6*time.Second), after.Add(6*time.Second))
 }
 
 func TestClaimHeldByAnotherReturnsItUnchanged(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	first := b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
-	second := b.claim(t, t0.Add(2*time.Second), "k", "w2", durationpb.New(5*time.Second))
+	first := b.claim(t, "k", "w1", durationpb.New(time.Second))
+	b.shiftClock(t, 2*time.Second)
+	second := b.claim(t, "k", "w2", durationpb.New(5*time.Second))
 	if second.GetOwnerId() != "w1" {
 		t.Fatalf("owner = %q, want w1", second.GetOwnerId())
 	}
@@ -66,32 +68,39 @@ func TestClaimHeldByAnotherReturnsItUnchanged(t *testing.T) {
 func TestSameOwnerExtends(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
-	later := t0.Add(2500 * time.Millisecond) // within the 3s grace
-	r := b.claim(t, later, "k", "w1", durationpb.New(time.Second))
-	if r.GetOwnerId() != "w1" || !r.GetExpiresAt().AsTime().Equal(later.Add(3*time.Second)) {
-		t.Fatalf("extended reservation = %v, want w1 until %v", r, later.Add(3*time.Second))
+	b.claim(t, "k", "w1", durationpb.New(time.Second))
+	b.shiftClock(t, 2500*time.Millisecond) // within the 3s grace
+	before := b.now(t)
+	r := b.claim(t, "k", "w1", durationpb.New(time.Second))
+	if r.GetOwnerId() != "w1" {
+		t.Fatalf("extended reservation = %v, want w1's", r)
 	}
+	wantBetween(t, "extended expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.now(t).Add(3*time.Second))
 }
 
+// TestExpiredReservationIsTakenOver moves the database's clock past a
+// holder's expiry (3s after its claim) or just short of it. The clock
+// keeps running, so each side keeps a margin of a second.
 func TestExpiredReservationIsTakenOver(t *testing.T) {
 	t.Parallel()
 	cases := map[string]time.Duration{
-		"exactly at expires_at": 3 * time.Second,
-		"after expires_at":      time.Minute,
+		"just after expires_at": 4 * time.Second,
+		"long after expires_at": time.Minute,
 	}
 	for name, elapsed := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
-			now := t0.Add(elapsed)
-			r := b.claim(t, now, "k", "w2", durationpb.New(time.Second))
-			if r.GetOwnerId() != "w2" || !r.GetExpiresAt().AsTime().Equal(now.Add(3*time.Second)) {
-				t.Fatalf("reservation = %v, want w2 until %v", r, now.Add(3*time.Second))
+			b.claim(t, "k", "w1", durationpb.New(time.Second))
+			b.shiftClock(t, elapsed)
+			before := b.now(t)
+			r := b.claim(t, "k", "w2", durationpb.New(time.Second))
+			if r.GetOwnerId() != "w2" {
+				t.Fatalf("reservation = %v, want w2's", r)
 			}
+			wantBetween(t, "taken-over expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.now(t).Add(3*time.Second))
 			// The old owner, coming back, learns it no longer owns it.
-			if r := b.claim(t, now.Add(time.Millisecond), "k", "w1", durationpb.New(time.Second)); r.GetOwnerId() != "w2" {
+			if r := b.claim(t, "k", "w1", durationpb.New(time.Second)); r.GetOwnerId() != "w2" {
 				t.Fatalf("old owner got %v back", r)
 			}
 		})
@@ -99,8 +108,9 @@ func TestExpiredReservationIsTakenOver(t *testing.T) {
 	t.Run("just before expires_at", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		b.claim(t, t0, "k", "w1", durationpb.New(time.Second))
-		if r := b.claim(t, t0.Add(3*time.Second-time.Microsecond), "k", "w2", nil); r.GetOwnerId() != "w1" {
+		b.claim(t, "k", "w1", durationpb.New(time.Second))
+		b.shiftClock(t, 2*time.Second)
+		if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w1" {
 			t.Fatalf("reservation taken over before it expired: %v", r)
 		}
 	})
@@ -108,7 +118,7 @@ func TestExpiredReservationIsTakenOver(t *testing.T) {
 
 func TestHeartbeatResolution(t *testing.T) {
 	t.Parallel()
-	cfg := manager.Config{MaxHeartbeat: 10 * time.Second, GraceMultiplier: 2}
+	cfg := manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: time.Millisecond, GraceMultiplier: 2}
 	b := setupWith(t, cfg)
 	cases := []struct {
 		name      string
@@ -120,48 +130,68 @@ func TestHeartbeatResolution(t *testing.T) {
 		{"the maximum is kept", durationpb.New(10 * time.Second), 10 * time.Second},
 		{"below the maximum is kept to the millisecond", durationpb.New(500 * time.Millisecond), 500 * time.Millisecond},
 		{"sub-millisecond precision is kept", durationpb.New(1500 * time.Microsecond), 1500 * time.Microsecond},
+		{"the minimum is allowed", durationpb.New(time.Millisecond), time.Millisecond},
 	}
 	for i, tc := range cases {
 		key := fmt.Sprintf("k%d", i)
-		r := b.claim(t, t0, key, "w", tc.requested)
+		before := b.now(t)
+		r := b.claim(t, key, "w", tc.requested)
 		if got := r.GetHeartbeatInterval().AsDuration(); got != tc.want {
 			t.Errorf("%s: heartbeat = %v, want %v", tc.name, got, tc.want)
 		}
-		if got, want := r.GetExpiresAt().AsTime(), t0.Add(2*tc.want); !got.Equal(want) {
-			t.Errorf("%s: expires_at = %v, want %v", tc.name, got, want)
-		}
+		wantBetween(t, tc.name+": expires_at", r.GetExpiresAt().AsTime(), before.Add(2*tc.want), b.now(t).Add(2*tc.want))
 	}
 }
 
-func TestNonPositiveHeartbeatIsInvalid(t *testing.T) {
+// TestHeartbeatBelowMinimumIsInvalid: a heartbeat set below --min-heartbeat
+// (100ms by default; zero and negative included) is invalid_argument naming
+// the field. A nanosecond used to be accepted, and expired on grant.
+func TestHeartbeatBelowMinimumIsInvalid(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	for _, d := range []time.Duration{0, -time.Second} {
-		_, err := b.manager.GetOrExtendReservation(b.ctx, t0, &cachev1.GetOrExtendReservationRequest{
+	for _, d := range []time.Duration{0, -time.Second, time.Nanosecond, 99 * time.Millisecond} {
+		_, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{
 			Scope: scope(), Key: "k", OwnerId: "w", HeartbeatInterval: durationpb.New(d),
 		})
 		wantCode(t, err, connect.CodeInvalidArgument)
 		if !strings.Contains(err.Error(), "heartbeat_interval") {
-			t.Errorf("message %q does not name heartbeat_interval", err)
+			t.Errorf("%v: message %q does not name heartbeat_interval", d, err)
 		}
 	}
-	// Nothing was reserved: another owner gets it.
-	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w2" {
+	// Nothing was reserved: another owner gets it, and the minimum itself
+	// is allowed.
+	if r := b.claim(t, "k", "w2", durationpb.New(100*time.Millisecond)); r.GetOwnerId() != "w2" {
 		t.Fatalf("an invalid claim left a reservation: %v", r)
+	}
+}
+
+// TestLeaseSaturatesWithExtremeSettings builds a manager with settings that
+// the flags refuse (issue 8, defect 4): heartbeat × grace is far beyond
+// what time.Duration holds. The lease must saturate to the longest one,
+// never wrap into the past, where every claimant would become owner.
+func TestLeaseSaturatesWithExtremeSettings(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, manager.Config{MaxHeartbeat: 1000000 * time.Hour, GraceMultiplier: 1e10})
+	r := b.claim(t, "k", "w1", nil)
+	if min := b.now(t).Add(100 * 365 * 24 * time.Hour); !r.GetExpiresAt().AsTime().After(min) {
+		t.Fatalf("expires_at = %v, want more than a century away", r.GetExpiresAt().AsTime())
+	}
+	if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w1" {
+		t.Fatalf("a second claimant got %v: the lease wrapped into the past", r)
 	}
 }
 
 func TestReleaseReservation(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.claim(t, t0, "k", "w1", nil)
+	b.claim(t, "k", "w1", nil)
 
 	b.release(t, "k", "w2") // another owner's release succeeds and changes nothing
-	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w1" {
+	if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w1" {
 		t.Fatalf("a non-owner's release freed the reservation: %v", r)
 	}
 	b.release(t, "k", "w1")
-	if r := b.claim(t, t0, "k", "w2", nil); r.GetOwnerId() != "w2" {
+	if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w2" {
 		t.Fatalf("after the owner's release, w2 got %v", r)
 	}
 	b.release(t, "missing", "w1") // releasing nothing succeeds
@@ -174,13 +204,14 @@ func TestConcurrentClaimsExactlyOneOwner(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	const claimants, trials = 64, 15
+	var offset time.Duration
 	for trial := range trials {
 		key := fmt.Sprintf("k%d", trial)
-		now := t0
 		if trial%2 == 1 {
 			// An expired holder: everyone races to take over.
-			b.claim(t, t0, key, "dead-worker", durationpb.New(time.Second))
-			now = t0.Add(time.Minute)
+			b.claim(t, key, "dead-worker", durationpb.New(time.Second))
+			offset += time.Minute
+			b.shiftClock(t, offset)
 		}
 		start := make(chan struct{})
 		owners := make([]string, claimants)
@@ -189,7 +220,7 @@ func TestConcurrentClaimsExactlyOneOwner(t *testing.T) {
 		for c := range claimants {
 			wg.Go(func() {
 				<-start
-				res, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{
+				res, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{
 					Scope: scope(), Key: key, OwnerId: fmt.Sprintf("w%d", c),
 				})
 				owners[c], errs[c] = res.GetReservation().GetOwnerId(), err
@@ -226,9 +257,9 @@ func TestDatabaseDownIsUnavailableWithoutDetail(t *testing.T) {
 	ctx := t.Context()
 	calls := map[string]error{}
 	_, calls["get"] = m.Get(ctx, &cachev1.GetRequest{Scope: scope(), Key: "k"})
-	_, calls["put"] = m.Put(ctx, t0, &cachev1.PutRequest{Scope: scope(), Key: "k", Output: uriOutput("u")})
+	_, calls["put"] = m.Put(ctx, &cachev1.PutRequest{Scope: scope(), Key: "k", Output: uriOutput("u")})
 	_, calls["delete"] = m.Delete(ctx, &cachev1.DeleteRequest{Scope: scope(), Key: "k"})
-	_, calls["claim"] = m.GetOrExtendReservation(ctx, t0, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w"})
+	_, calls["claim"] = m.GetOrExtendReservation(ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w"})
 	_, calls["release"] = m.ReleaseReservation(ctx, &cachev1.ReleaseReservationRequest{Scope: scope(), Key: "k", OwnerId: "w"})
 	for name, err := range calls {
 		wantCode(t, err, connect.CodeUnavailable)

@@ -2,9 +2,12 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // SweepConfig says what the sweeper removes and how much work one pass may do.
@@ -38,6 +41,35 @@ func DefaultSweepConfig() SweepConfig {
 	}
 }
 
+// Bounds of the sweeper's settings.
+const (
+	MinSweepInterval, MaxSweepInterval = 10 * time.Millisecond, 24 * time.Hour
+	MaxRetention                       = 100 * 365 * 24 * time.Hour
+	MaxSweepBatchSize                  = 100_000
+)
+
+// Validate checks the sweeper's bounds. Errors are store.SettingErrors
+// naming the setting as its flag is named.
+func (c SweepConfig) Validate() error {
+	var errs []error
+	bad := func(setting, format string, args ...any) {
+		errs = append(errs, &store.SettingError{Setting: setting, Problem: fmt.Sprintf(format, args...)})
+	}
+	if c.Interval != 0 && (c.Interval < MinSweepInterval || c.Interval > MaxSweepInterval) {
+		bad("sweep-interval", "must be 0 (off) or between %v and %v, got %v", MinSweepInterval, MaxSweepInterval, c.Interval)
+	}
+	if c.ReservationRetention < 0 || c.ReservationRetention > MaxRetention {
+		bad("reservation-retention", "must be between 0 and %v, got %v", MaxRetention, c.ReservationRetention)
+	}
+	if c.EntryTTL < 0 || c.EntryTTL > MaxRetention {
+		bad("entry-ttl", "must be between 0 (keep) and %v, got %v", MaxRetention, c.EntryTTL)
+	}
+	if c.BatchSize < 1 || c.BatchSize > MaxSweepBatchSize {
+		bad("sweep-batch-size", "must be between 1 and %d, got %d", MaxSweepBatchSize, c.BatchSize)
+	}
+	return errors.Join(errs...)
+}
+
 // SweepResult is what one pass deleted.
 type SweepResult struct {
 	Reservations int64
@@ -48,13 +80,14 @@ type SweepResult struct {
 	Took       time.Duration
 }
 
-// Sweep deletes, as of now, the reservations that expired more than
+// Sweep deletes the reservations that expired more than
 // cfg.ReservationRetention ago and, when cfg.EntryTTL is set, the entries
-// last updated more than that ago. It stops at the first error and returns
+// last updated more than that ago, by the database's clock (so a replica
+// whose own clock runs fast cannot delete a live lease). It stops at the first error and returns
 // what it deleted until then. Any number of replicas may sweep at once: the
 // store hands each batch to one sweeper only, and never deletes a row that a
 // concurrent claim or Put has just refreshed.
-func (m *Manager) Sweep(ctx context.Context, now time.Time, cfg SweepConfig) (res SweepResult, err error) {
+func (m *Manager) Sweep(ctx context.Context, cfg SweepConfig) (res SweepResult, err error) {
 	cfg = withSweepDefaults(cfg)
 	started := time.Now()
 	defer func() {
@@ -62,13 +95,13 @@ func (m *Manager) Sweep(ctx context.Context, now time.Time, cfg SweepConfig) (re
 		m.observer.ObserveSweep(res, err)
 	}()
 	var more bool
-	res.Reservations, more, err = sweepTable(ctx, cfg, m.store.DeleteExpiredReservations, now.Add(-cfg.ReservationRetention))
+	res.Reservations, more, err = sweepTable(ctx, cfg, m.store.DeleteExpiredReservations, cfg.ReservationRetention)
 	res.Incomplete = more
 	if err != nil {
 		return res, fmt.Errorf("sweep reservations: %w", err)
 	}
 	if cfg.EntryTTL > 0 {
-		res.Entries, more, err = sweepTable(ctx, cfg, m.store.DeleteEntriesUpdatedBefore, now.Add(-cfg.EntryTTL))
+		res.Entries, more, err = sweepTable(ctx, cfg, m.store.DeleteEntriesOlderThan, cfg.EntryTTL)
 		res.Incomplete = res.Incomplete || more
 		if err != nil {
 			return res, fmt.Errorf("sweep entries: %w", err)
@@ -77,11 +110,11 @@ func (m *Manager) Sweep(ctx context.Context, now time.Time, cfg SweepConfig) (re
 	return res, nil
 }
 
-// sweepTable deletes batches older than cutoff until one comes back short or
-// cfg.MaxBatches ran; more reports that the limit stopped it.
-func sweepTable(ctx context.Context, cfg SweepConfig, deleteBatch func(context.Context, time.Time, int) (int64, error), cutoff time.Time) (deleted int64, more bool, err error) {
+// sweepTable deletes batches of rows older than age until one comes back
+// short or cfg.MaxBatches ran; more reports that the limit stopped it.
+func sweepTable(ctx context.Context, cfg SweepConfig, deleteBatch func(context.Context, time.Duration, int) (int64, error), age time.Duration) (deleted int64, more bool, err error) {
 	for range cfg.MaxBatches {
-		n, err := deleteBatch(ctx, cutoff, cfg.BatchSize)
+		n, err := deleteBatch(ctx, age, cfg.BatchSize)
 		deleted += n
 		if err != nil || n < int64(cfg.BatchSize) {
 			return deleted, false, err
@@ -102,11 +135,10 @@ func withSweepDefaults(cfg SweepConfig) SweepConfig {
 	return cfg
 }
 
-// RunSweeper sweeps every cfg.Interval, taking the time from now, until ctx
-// ends. The first pass waits a random part of one interval so that replicas
+// RunSweeper sweeps every cfg.Interval until ctx ends. The first pass waits a random part of one interval so that replicas
 // started together do not sweep in step. Errors are logged and the next pass
 // tries again.
-func (m *Manager) RunSweeper(ctx context.Context, cfg SweepConfig, now func() time.Time) {
+func (m *Manager) RunSweeper(ctx context.Context, cfg SweepConfig) {
 	if cfg.Interval <= 0 {
 		return
 	}
@@ -119,7 +151,7 @@ func (m *Manager) RunSweeper(ctx context.Context, cfg SweepConfig, now func() ti
 			return
 		case <-timer.C:
 		}
-		res, err := m.Sweep(ctx, now(), cfg)
+		res, err := m.Sweep(ctx, cfg)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return // shutting down

@@ -14,25 +14,26 @@ import (
 )
 
 // seedReservations inserts n reservations key0..key(n-1) held by owner and
-// expiring at expiresAt, straight into the table.
-func (b *observedBundle) seedReservations(t *testing.T, prefix string, n int, owner string, expiresAt time.Time) {
+// expiring at the database's clock plus in, straight into the table.
+func (b *observedBundle) seedReservations(t *testing.T, prefix string, n int, owner string, in time.Duration) {
 	t.Helper()
 	_, err := b.pool.Exec(b.ctx, `
 		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
-		SELECT $1, $2, $3, $4 || g, $5, 1000000000, $6 FROM generate_series(0, $7 - 1) g`,
-		scope().Org, scope().Project, scope().Domain, prefix, owner, expiresAt, n)
+		SELECT $1, $2, $3, $4 || g, $5, 1000000000, cache_now() + $6::interval FROM generate_series(0, $7 - 1) g`,
+		scope().Org, scope().Project, scope().Domain, prefix, owner, in, n)
 	if err != nil {
 		t.Fatalf("seed reservations %s: %v", prefix, err)
 	}
 }
 
-// seedEntries inserts n entries key0..key(n-1) last updated at updatedAt.
-func (b *observedBundle) seedEntries(t *testing.T, prefix string, n int, updatedAt time.Time) {
+// seedEntries inserts n entries key0..key(n-1) last updated at the
+// database's clock plus in (negative: in the past).
+func (b *observedBundle) seedEntries(t *testing.T, prefix string, n int, in time.Duration) {
 	t.Helper()
 	_, err := b.pool.Exec(b.ctx, `
 		INSERT INTO cache_entries (org, project, domain, key, output_uri, created_at, last_updated_at)
-		SELECT $1, $2, $3, $4 || g, 'seeded', $5, $5 FROM generate_series(0, $6 - 1) g`,
-		scope().Org, scope().Project, scope().Domain, prefix, updatedAt, n)
+		SELECT $1, $2, $3, $4 || g, 'seeded', cache_now() + $5::interval, cache_now() + $5::interval FROM generate_series(0, $6 - 1) g`,
+		scope().Org, scope().Project, scope().Domain, prefix, in, n)
 	if err != nil {
 		t.Fatalf("seed entries %s: %v", prefix, err)
 	}
@@ -54,9 +55,12 @@ func (b *observedBundle) rows(t *testing.T, query string) map[string]string {
 	return got
 }
 
+// reservations describes each reservation by its owner and the whole
+// minutes until it expires by the database's clock (a lease of 30s granted
+// during the test is "in 0m"; one seeded at -30m is "in -30m").
 func (b *observedBundle) reservations(t *testing.T) map[string]string {
 	t.Helper()
-	return b.rows(t, `SELECT key, owner_id || ' until ' || to_char(expires_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM reservations`)
+	return b.rows(t, `SELECT key, owner_id || ' in ' || floor(extract(epoch FROM expires_at - cache_now()) / 60 + 0.5) || 'm' FROM reservations`)
 }
 
 func (b *observedBundle) entries(t *testing.T) map[string]string {
@@ -67,16 +71,16 @@ func (b *observedBundle) entries(t *testing.T) map[string]string {
 func TestSweepDeletesPastRetentionAndTTLOnly(t *testing.T) {
 	t.Parallel()
 	b := setupObserved(t)
-	b.seedReservations(t, "gone", 3, "w", t0.Add(-time.Hour-time.Microsecond))
-	b.seedReservations(t, "kept-at-cutoff", 1, "w", t0.Add(-time.Hour))
-	b.seedReservations(t, "kept-expired", 2, "w", t0.Add(-time.Minute))
-	b.seedReservations(t, "kept-live", 2, "w", t0.Add(time.Minute))
-	b.seedEntries(t, "gone", 4, t0.Add(-24*time.Hour-time.Microsecond))
-	b.seedEntries(t, "kept-at-cutoff", 1, t0.Add(-24*time.Hour))
-	b.seedEntries(t, "kept", 2, t0.Add(-time.Hour))
+	b.seedReservations(t, "gone", 3, "w", -time.Hour-10*time.Second)
+	b.seedReservations(t, "kept-at-cutoff", 1, "w", -time.Hour+10*time.Second)
+	b.seedReservations(t, "kept-expired", 2, "w", -time.Minute)
+	b.seedReservations(t, "kept-live", 2, "w", time.Minute)
+	b.seedEntries(t, "gone", 4, -24*time.Hour-10*time.Second)
+	b.seedEntries(t, "kept-at-cutoff", 1, -24*time.Hour+10*time.Second)
+	b.seedEntries(t, "kept", 2, -time.Hour)
 
 	cfg := manager.SweepConfig{ReservationRetention: time.Hour, EntryTTL: 24 * time.Hour}
-	res, err := b.manager.Sweep(b.ctx, t0, cfg)
+	res, err := b.manager.Sweep(b.ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,8 +108,8 @@ func TestSweepDeletesPastRetentionAndTTLOnly(t *testing.T) {
 func TestSweepWithoutEntryTTLKeepsEntries(t *testing.T) {
 	t.Parallel()
 	b := setupObserved(t)
-	b.seedEntries(t, "ancient", 3, t0.Add(-10*365*24*time.Hour))
-	res, err := b.manager.Sweep(b.ctx, t0, manager.SweepConfig{})
+	b.seedEntries(t, "ancient", 3, -10*365*24*time.Hour)
+	res, err := b.manager.Sweep(b.ctx, manager.SweepConfig{})
 	if err != nil || res.Entries != 0 {
 		t.Fatalf("sweep = %+v, %v; want no entries deleted", res, err)
 	}
@@ -117,13 +121,13 @@ func TestSweepWithoutEntryTTLKeepsEntries(t *testing.T) {
 func TestSweepPassIsBoundedByMaxBatches(t *testing.T) {
 	t.Parallel()
 	b := setupObserved(t)
-	b.seedReservations(t, "r", 5, "w", t0.Add(-2*time.Hour))
+	b.seedReservations(t, "r", 5, "w", -2*time.Hour)
 	cfg := manager.SweepConfig{ReservationRetention: time.Hour, BatchSize: 2, MaxBatches: 2}
-	first, err := b.manager.Sweep(b.ctx, t0, cfg)
+	first, err := b.manager.Sweep(b.ctx, cfg)
 	if err != nil || first.Reservations != 4 || !first.Incomplete {
 		t.Fatalf("first pass = %+v, %v; want 4 deleted and incomplete", first, err)
 	}
-	second, err := b.manager.Sweep(b.ctx, t0, cfg)
+	second, err := b.manager.Sweep(b.ctx, cfg)
 	if err != nil || second.Reservations != 1 || second.Incomplete {
 		t.Fatalf("second pass = %+v, %v; want the last 1 deleted, complete", second, err)
 	}
@@ -132,12 +136,12 @@ func TestSweepPassIsBoundedByMaxBatches(t *testing.T) {
 func TestRunSweeperSweepsEveryIntervalUntilCancelled(t *testing.T) {
 	t.Parallel()
 	b := setupObserved(t)
-	b.seedReservations(t, "r", 3, "w", t0.Add(-2*time.Hour))
+	b.seedReservations(t, "r", 3, "w", -2*time.Hour)
 	ctx, cancel := context.WithCancel(b.ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		b.manager.RunSweeper(ctx, manager.SweepConfig{Interval: 20 * time.Millisecond, ReservationRetention: time.Hour}, func() time.Time { return t0 })
+		b.manager.RunSweeper(ctx, manager.SweepConfig{Interval: 20 * time.Millisecond, ReservationRetention: time.Hour})
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for b.rec.sweepCount() < 3 && time.Now().Before(deadline) {
@@ -198,27 +202,27 @@ func TestConcurrentSweepersDeleteEachOldRowOnceAndNothingElse(t *testing.T) {
 	for trial := range trials {
 		b := setupObserved(t)
 		b.logDeletions(t)
-		b.seedReservations(t, "old", old, "dead", t0.Add(-2*time.Hour))
-		b.seedReservations(t, "recent", others, "dead", t0.Add(-30*time.Minute))
-		b.seedReservations(t, "live", others, "live", t0.Add(time.Hour))
-		b.seedEntries(t, "old", old, t0.Add(-48*time.Hour))
-		b.seedEntries(t, "fresh", others, t0.Add(-time.Hour))
+		b.seedReservations(t, "old", old, "dead", -2*time.Hour)
+		b.seedReservations(t, "recent", others, "dead", -30*time.Minute)
+		b.seedReservations(t, "live", others, "live", time.Hour)
+		b.seedEntries(t, "old", old, -48*time.Hour)
+		b.seedEntries(t, "fresh", others, -time.Hour)
 
 		// The clients' work, split among the writers.
 		var ops []func() error
 		for i := 0; i < old; i += every {
 			ops = append(ops,
-				func() error { return b.claimAs(t0, fmt.Sprint("old", i), "taker") },
-				func() error { return b.putURI(t0, fmt.Sprint("old", i), "refreshed", true) },
+				func() error { return b.claimAs(fmt.Sprint("old", i), "taker") },
+				func() error { return b.putURI(fmt.Sprint("old", i), "refreshed", true) },
 			)
 		}
 		for i := range others / 2 {
-			ops = append(ops, func() error { return b.claimAs(t0, fmt.Sprint("live", i), "live") })
+			ops = append(ops, func() error { return b.claimAs(fmt.Sprint("live", i), "live") })
 		}
 		for i := range newKeys {
 			ops = append(ops,
-				func() error { return b.claimAs(t0, fmt.Sprint("new", i), "creator") },
-				func() error { return b.putURI(t0, fmt.Sprint("new", i), "created", false) },
+				func() error { return b.claimAs(fmt.Sprint("new", i), "creator") },
+				func() error { return b.putURI(fmt.Sprint("new", i), "created", false) },
 			)
 		}
 
@@ -231,7 +235,7 @@ func TestConcurrentSweepersDeleteEachOldRowOnceAndNothingElse(t *testing.T) {
 			wg.Go(func() {
 				<-start
 				for range 100 { // bounded; stops earlier once a pass finds nothing
-					res, err := b.manager.Sweep(b.ctx, t0, cfg)
+					res, err := b.manager.Sweep(b.ctx, cfg)
 					if err != nil {
 						errs <- err
 						return
@@ -263,7 +267,7 @@ func TestConcurrentSweepersDeleteEachOldRowOnceAndNothingElse(t *testing.T) {
 			t.Fatalf("trial %d: %v", trial, err)
 		}
 		// A row a claim held locked was skipped; one more pass takes it.
-		last, err := b.manager.Sweep(b.ctx, t0, cfg)
+		last, err := b.manager.Sweep(b.ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -274,21 +278,21 @@ func TestConcurrentSweepersDeleteEachOldRowOnceAndNothingElse(t *testing.T) {
 
 		wantRes, wantEnt := map[string]string{}, map[string]string{}
 		for i := 0; i < old; i += every {
-			wantRes[fmt.Sprint("old", i)] = "taker until 12:00:30"
+			wantRes[fmt.Sprint("old", i)] = "taker in 0m"
 			wantEnt[fmt.Sprint("old", i)] = "refreshed"
 		}
 		for i := range others {
-			wantRes[fmt.Sprint("recent", i)] = "dead until 11:30:00"
-			wantRes[fmt.Sprint("live", i)] = "live until 13:00:00"
+			wantRes[fmt.Sprint("recent", i)] = "dead in -30m"
+			wantRes[fmt.Sprint("live", i)] = "live in 60m"
 			if i < others/2 {
-				wantRes[fmt.Sprint("live", i)] = "live until 12:00:30" // extended from t0
+				wantRes[fmt.Sprint("live", i)] = "live in 0m" // extended: 30s from now
 			}
 		}
 		for i := range others {
 			wantEnt[fmt.Sprint("fresh", i)] = "seeded"
 		}
 		for i := range newKeys {
-			wantRes[fmt.Sprint("new", i)] = "creator until 12:00:30"
+			wantRes[fmt.Sprint("new", i)] = "creator in 0m"
 			wantEnt[fmt.Sprint("new", i)] = "created"
 		}
 		diffRows(t, fmt.Sprintf("trial %d reservations", trial), b.reservations(t), wantRes)
@@ -356,15 +360,15 @@ func diffRows(t *testing.T, what string, got, want map[string]string) {
 	}
 }
 
-func (b *observedBundle) claimAs(now time.Time, key, owner string) error {
-	res, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: key, OwnerId: owner})
+func (b *observedBundle) claimAs(key, owner string) error {
+	res, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: key, OwnerId: owner})
 	if err == nil && res.GetReservation().GetOwnerId() != owner {
 		err = fmt.Errorf("claim %s by %s: held by %s", key, owner, res.GetReservation().GetOwnerId())
 	}
 	return err
 }
 
-func (b *observedBundle) putURI(now time.Time, key, uri string, overwrite bool) error {
-	_, err := b.manager.Put(b.ctx, now, &cachev1.PutRequest{Scope: scope(), Key: key, Output: uriOutput(uri), Overwrite: overwrite})
+func (b *observedBundle) putURI(key, uri string, overwrite bool) error {
+	_, err := b.manager.Put(b.ctx, &cachev1.PutRequest{Scope: scope(), Key: key, Output: uriOutput(uri), Overwrite: overwrite})
 	return err
 }

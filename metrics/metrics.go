@@ -59,7 +59,7 @@ func New() *Metrics {
 		}, []string{"result"}),
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "reservation_outcomes_total",
-			Help: "Reservation calls by outcome: acquired, extended, taken_over, held_by_another, released, release_not_held.",
+			Help: "Reservation calls by outcome: acquired, extended, taken_over, held_by_another, released, release_not_held, lock_timeout (a claim gave up waiting for the row lock).",
 		}, []string{"outcome"}),
 		sweepDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "sweep_deleted_total",
@@ -101,10 +101,6 @@ func New() *Metrics {
 	}
 	return m
 }
-
-// Registry is where collectors of other parts (the pool, the embedded
-// database) are registered.
-func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
 // Handler serves the registry in the Prometheus exposition formats.
 func (m *Metrics) Handler() http.Handler {

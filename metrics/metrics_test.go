@@ -29,13 +29,22 @@ type testBundle struct {
 	client     cachev1connect.CacheServiceClient
 	manager    *manager.Manager
 	metricsURL string
+	url        string
+	store      *store.Store
+}
+
+// shiftClock moves the database's clock for the server's connections.
+func (b *testBundle) shiftClock(t *testing.T, d time.Duration) {
+	t.Helper()
+	pgtest.SetClockOffset(t, b.url, d, b.store.Pool())
 }
 
 // setup serves CacheService with the metrics interceptor and /metrics over a
 // fresh database, as cmd wires them.
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 4, Timeout: 10 * time.Second})
+	url := pgtest.NewDatabase(t)
+	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 4, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +62,8 @@ func setup(t *testing.T) *testBundle {
 		client:     cachev1connect.NewCacheServiceClient(srv.Client(), srv.URL),
 		manager:    m,
 		metricsURL: srv.URL + "/metrics",
+		url:        url,
+		store:      st,
 	}
 }
 
@@ -155,14 +166,13 @@ func TestReservationOutcomeMetricsFollowCalls(t *testing.T) {
 			}
 		}
 	}
-	// Taking over needs an expired reservation, hence a clock the test
-	// drives: the manager is called directly, the metric read from the server.
-	now := time.Now()
-	if _, err := b.manager.GetOrExtendReservation(b.ctx, now, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: "old", OwnerId: "dead"}); err != nil {
+	// Taking over needs an expired reservation, hence a moved clock.
+	if _, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: "old", OwnerId: "dead"}); err != nil {
 		t.Fatal(err)
 	}
 	before := metricstest.Scrape(t, b.metricsURL).Get(t, "cacheservice_reservation_outcomes_total", "outcome", "taken_over")
-	if _, err := b.manager.GetOrExtendReservation(b.ctx, now.Add(time.Hour), &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: "old", OwnerId: "w3"}); err != nil {
+	b.shiftClock(t, time.Hour)
+	if _, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: "old", OwnerId: "w3"}); err != nil {
 		t.Fatal(err)
 	}
 	if after := metricstest.Scrape(t, b.metricsURL).Get(t, "cacheservice_reservation_outcomes_total", "outcome", "taken_over"); after-before != 1 {
@@ -174,16 +184,19 @@ func TestSweepMetricsCountDeletedRows(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	now := time.Now()
-	for _, key := range []string{"a", "b"} {
-		if _, err := b.manager.GetOrExtendReservation(b.ctx, now.Add(-2*time.Hour), &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: key, OwnerId: "w"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := b.manager.Put(b.ctx, now.Add(-48*time.Hour), &cachev1.PutRequest{Scope: testScope, Key: "e",
+	b.shiftClock(t, -48*time.Hour)
+	if _, err := b.manager.Put(b.ctx, &cachev1.PutRequest{Scope: testScope, Key: "e",
 		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Inline{Inline: []byte("x")}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.manager.Sweep(b.ctx, now, manager.SweepConfig{ReservationRetention: time.Hour, EntryTTL: 24 * time.Hour}); err != nil {
+	b.shiftClock(t, -2*time.Hour)
+	for _, key := range []string{"a", "b"} {
+		if _, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: key, OwnerId: "w"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.shiftClock(t, 0)
+	if _, err := b.manager.Sweep(b.ctx, manager.SweepConfig{ReservationRetention: time.Hour, EntryTTL: 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	s := metricstest.Scrape(t, b.metricsURL)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
+	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
@@ -28,24 +34,45 @@ import (
 // is what the database holds. Seeds live in testdata/fuzz/<target>; plain
 // `go test` runs them, `go test -fuzz=^FuzzPut$` explores.
 
-func FuzzGet(f *testing.F) {
-	fuzzRPC(f, "Get", func() request { return &cachev1.GetRequest{} }, checkGet)
-}
+func FuzzGet(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceGetProcedure) }
 
-func FuzzPut(f *testing.F) {
-	fuzzRPC(f, "Put", func() request { return &cachev1.PutRequest{} }, checkPut)
-}
+func FuzzPut(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServicePutProcedure) }
 
-func FuzzDelete(f *testing.F) {
-	fuzzRPC(f, "Delete", func() request { return &cachev1.DeleteRequest{} }, checkDelete)
-}
+func FuzzDelete(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceDeleteProcedure) }
 
 func FuzzGetOrExtendReservation(f *testing.F) {
-	fuzzRPC(f, "GetOrExtendReservation", func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim)
+	fuzzRPC(f, cachev1connect.CacheServiceGetOrExtendReservationProcedure)
 }
 
 func FuzzReleaseReservation(f *testing.F) {
-	fuzzRPC(f, "ReleaseReservation", func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease)
+	fuzzRPC(f, cachev1connect.CacheServiceReleaseReservationProcedure)
+}
+
+// fuzzTarget says how one RPC is fuzzed.
+type fuzzTarget struct {
+	// name is the Fuzz function, and its seed corpus in testdata/fuzz.
+	name   string
+	newReq func() request
+	check  checkFunc
+}
+
+// fuzzTargets has an entry for every RPC the edge serves, by full
+// procedure name (another service may have the same method names);
+// TestEveryRPCIsFuzzed fails when one is missing.
+var fuzzTargets = map[string]fuzzTarget{
+	cachev1connect.CacheServiceGetProcedure:    {"FuzzGet", func() request { return &cachev1.GetRequest{} }, checkGet},
+	cachev1connect.CacheServicePutProcedure:    {"FuzzPut", func() request { return &cachev1.PutRequest{} }, checkPut},
+	cachev1connect.CacheServiceDeleteProcedure: {"FuzzDelete", func() request { return &cachev1.DeleteRequest{} }, checkDelete},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {"FuzzGetOrExtendReservation",
+		func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim},
+	cachev1connect.CacheServiceReleaseReservationProcedure: {"FuzzReleaseReservation",
+		func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease},
+
+	flytecachev2connect.CacheServiceGetProcedure:                    {"FuzzFlyteGet", newFlyteGet, checkFlyteGet},
+	flytecachev2connect.CacheServicePutProcedure:                    {"FuzzFlytePut", newFlytePut, checkFlytePut},
+	flytecachev2connect.CacheServiceDeleteProcedure:                 {"FuzzFlyteDelete", newFlyteDelete, checkDelete},
+	flytecachev2connect.CacheServiceGetOrExtendReservationProcedure: {"FuzzFlyteGetOrExtendReservation", newFlyteClaim, checkFlyteClaim},
+	flytecachev2connect.CacheServiceReleaseReservationProcedure:     {"FuzzFlyteReleaseReservation", newFlyteRelease, checkFlyteRelease},
 }
 
 // request is what every request message has.
@@ -76,16 +103,31 @@ type outcome struct {
 type checkFunc func(t *testing.T, o outcome)
 
 // allowedCodes are the codes each RPC may answer to any input while the
-// database is up.
+// database is up, by full procedure name; TestEveryRPCIsFuzzed fails when
+// a served RPC has none.
 var allowedCodes = map[string][]connect.Code{
-	"Get":                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"Put":                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
-	"Delete":                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"GetOrExtendReservation": {0, connect.CodeInvalidArgument},
-	"ReleaseReservation":     {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceGetProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServicePutProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
+	cachev1connect.CacheServiceDeleteProcedure:                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceReleaseReservationProcedure:     {0, connect.CodeInvalidArgument},
+
+	// Flyte's API answers with the same codes as ours.
+	flytecachev2connect.CacheServiceGetProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	flytecachev2connect.CacheServicePutProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
+	flytecachev2connect.CacheServiceDeleteProcedure:                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	flytecachev2connect.CacheServiceGetOrExtendReservationProcedure: {0, connect.CodeInvalidArgument},
+	flytecachev2connect.CacheServiceReleaseReservationProcedure:     {0, connect.CodeInvalidArgument},
 }
 
-func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkFunc) {
+// fuzzRPC fuzzes procedure as its fuzzTargets entry says.
+func fuzzRPC(f *testing.F, procedure string) {
+	target, ok := fuzzTargets[procedure]
+	codes, hasCodes := allowedCodes[procedure]
+	if !ok || !hasCodes {
+		f.Fatalf("%s needs an entry in fuzzTargets and allowedCodes", procedure)
+	}
+	newReq, check := target.newReq, target.check
 	b := setup(f, manager.DefaultConfig())
 	b.populate(f)
 	f.Fuzz(func(t *testing.T, binary bool, body []byte) {
@@ -103,8 +145,8 @@ func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkF
 		o := outcome{req: req, resp: resp, binary: binary, before: before, after: after, sent: sent}
 
 		assertNoLeak(t, resp.msg)
-		if !containsCode(allowedCodes[procedure], resp.code) {
-			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, allowedCodes[procedure])
+		if !containsCode(codes, resp.code) {
+			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, codes)
 		}
 		tooLarge := resp.code == connect.CodeInvalidArgument && strings.Contains(resp.msg, "too large to index")
 		switch {
@@ -134,7 +176,11 @@ func decodeRequest(msg request, binary bool, body []byte) (_ request, valid bool
 	if err != nil {
 		return nil, false
 	}
-	return msg, protovalidate.Validate(msg) == nil && durationsValid(msg)
+	valid = protovalidate.Validate(msg) == nil && durationsValid(msg)
+	if fr, ok := msg.(flyteRequest); ok && valid {
+		valid = fr.valid(binary)
+	}
+	return msg, valid
 }
 
 // durationsValid checks what the manager checks beyond the proto's rules: a
@@ -185,19 +231,23 @@ func (b *testBundle) populate(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	now := time.Now().UTC().Truncate(time.Microsecond)
 	for _, e := range []store.Entry{
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}, CreatedAt: now, LastUpdatedAt: now},
-		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t", CreatedAt: now, LastUpdatedAt: now},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "k"}, URI: "s3://b/k", Labels: map[string]string{"a": "b"}},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "inline"}, Inline: []byte{0, 1, 2}, SourceName: "t"},
+		// Written through Flyte's API: a URI and a LiteralMap, with Flyte's source.
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "flyte"}, URI: "s3://b/f", SourceName: "t", SourceVersion: "v",
+			FlyteSource: flyteSourceBytes},
+		{ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "literals"}, Inline: []byte{0x0a, 0x03, 0x0a, 0x01, 'x'}, Literals: true,
+			SourceName: "t", SourceVersion: "v", FlyteSource: flyteSourceBytes},
 	} {
 		if err := b.store.PutEntry(ctx, e, store.Replace{Always: true}); err != nil {
 			t.Fatalf("populate entry: %v", err)
 		}
 	}
 	err := b.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, store.Reservation{
+		_, err := tx.ClaimReservation(ctx, store.Claim{
 			ID: store.ID{Org: "o", Project: "p", Domain: "d", Key: "held"}, OwnerID: "w1",
-			HeartbeatInterval: time.Hour, ExpiresAt: now.Add(24 * time.Hour),
+			HeartbeatInterval: time.Hour, Lease: 24 * time.Hour,
 		})
 		return err
 	})
@@ -206,14 +256,7 @@ func (b *testBundle) populate(t testing.TB) {
 	}
 }
 
-func containsCode(codes []connect.Code, c connect.Code) bool {
-	for _, x := range codes {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
+func containsCode(codes []connect.Code, c connect.Code) bool { return slices.Contains(codes, c) }
 
 // assertUnchanged fails if a refused request changed the database.
 func assertUnchanged(t *testing.T, before, after state) {
@@ -362,5 +405,173 @@ func checkRelease(t *testing.T, o outcome) {
 		}
 	} else if !sameReservation(o.before.reservation, o.after.reservation) {
 		t.Fatalf("release by a non-owner changed %+v to %+v", o.before.reservation, o.after.reservation)
+	}
+}
+
+// Flyte's cache API (flyteidl2.cacheservice.v2) gets the same treatment: the
+// same server, table and invariants, through Flyte's messages.
+
+func FuzzFlyteGet(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServiceGetProcedure) }
+
+func FuzzFlytePut(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServicePutProcedure) }
+
+func FuzzFlyteDelete(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServiceDeleteProcedure) }
+
+func FuzzFlyteGetOrExtendReservation(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure)
+}
+
+func FuzzFlyteReleaseReservation(f *testing.F) {
+	fuzzRPC(f, flytecachev2connect.CacheServiceReleaseReservationProcedure)
+}
+
+func newFlyteGet() request {
+	m := &flytecachev2.GetCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlytePut() request {
+	m := &flytecachev2.PutCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteDelete() request {
+	m := &flytecachev2.DeleteCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteClaim() request {
+	m := &flytecachev2.GetOrExtendReservationRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteRelease() request {
+	m := &flytecachev2.ReleaseReservationRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func checkFlyteClaim(t *testing.T, o outcome) {
+	// Flyte's response is ours on the wire; only the owner is needed.
+	o.req = &cachev1.GetOrExtendReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.GetOrExtendReservationRequest).GetBaseRequest().GetOwnerId()}
+	checkClaim(t, o)
+}
+
+func checkFlyteRelease(t *testing.T, o outcome) {
+	o.req = &cachev1.ReleaseReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.ReleaseReservationRequest).GetBaseRequest().GetOwnerId()}
+	checkRelease(t, o)
+}
+
+// flyteSourceBytes is a stored Flyte source identifier (TASK t@v).
+var flyteSourceBytes = []byte{0x08, 0x01, 0x22, 0x01, 't', 0x2a, 0x01, 'v'}
+
+// flyteRequest lets a Flyte request stand where the fuzz harness expects
+// ours: its identifier is our scope, its base_request's key our key.
+type flyteRequest struct {
+	proto.Message
+	identifier func() *flytecachev2.Identifier
+	key        func() string
+}
+
+func (r flyteRequest) GetScope() *cachev1.Scope {
+	id := r.identifier()
+	if id == nil {
+		return nil
+	}
+	return &cachev1.Scope{Org: id.GetOrg(), Project: id.GetProject(), Domain: id.GetDomain()}
+}
+
+func (r flyteRequest) GetKey() string { return r.key() }
+
+// valid is what Flyte's API checks beyond the proto's rules: well-formed
+// durations (zero heartbeat allowed, it means the maximum), and literals only
+// over binary protobuf.
+func (r flyteRequest) valid(binary bool) bool {
+	switch m := r.Message.(type) {
+	case *flytecachev2.PutCacheRequest:
+		if d := m.GetBaseRequest().GetOverwrite().GetMaxAge(); d != nil && d.CheckValid() != nil {
+			return false
+		}
+		if m.GetBaseRequest().GetOutput().GetOutputLiterals() != nil && !binary {
+			return false
+		}
+	case *flytecachev2.GetOrExtendReservationRequest:
+		if d := m.GetBaseRequest().GetHeartbeatInterval(); d != nil && d.CheckValid() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// flyteReadable reports whether Flyte's Get may serve e: a Flyte source
+// identifier, and a URI or a LiteralMap.
+func flyteReadable(e *store.Entry) bool {
+	return e != nil && e.FlyteSource != nil && (e.URI != "" || e.Literals)
+}
+
+// matchesFlyteOutput reports whether the stored entry e holds exactly out.
+func matchesFlyteOutput(t *testing.T, e *store.Entry, out *flytecache.CachedOutput) bool {
+	t.Helper()
+	if e == nil || e.FlyteSource == nil {
+		return false
+	}
+	src := &flytecore.Identifier{}
+	if err := proto.Unmarshal(e.FlyteSource, src); err != nil {
+		t.Fatalf("stored source: %v", err)
+	}
+	md := out.GetMetadata()
+	if !proto.Equal(src, md.GetSourceIdentifier()) || e.SourceName != src.GetName() || e.SourceVersion != src.GetVersion() ||
+		!maps.Equal(e.Labels, md.GetKeyMap().GetValues()) {
+		return false
+	}
+	switch v := out.GetOutput().(type) {
+	case *flytecache.CachedOutput_OutputUri:
+		return e.URI == v.OutputUri && !e.Literals
+	case *flytecache.CachedOutput_OutputLiterals:
+		b, err := proto.Marshal(v.OutputLiterals)
+		return err == nil && e.URI == "" && e.Literals && bytes.Equal(e.Inline, b)
+	}
+	return false
+}
+
+func checkFlyteGet(t *testing.T, o outcome) {
+	switch o.resp.code {
+	case 0:
+		var resp flytecache.GetCacheResponse
+		decodeResponse(t, o, &resp)
+		md := resp.GetOutput().GetMetadata()
+		if md.GetLastUpdatedAt() == nil || md.GetSourceIdentifier() == nil || resp.GetOutput().GetOutput() == nil {
+			t.Fatalf("Get answered %v, which Flyte's client refuses", resp.GetOutput())
+		}
+		if !o.binary && resp.GetOutput().GetOutputLiterals() != nil {
+			return // JSON shows literals as {}; the bytes are checked over binary
+		}
+		if !flyteReadable(o.before.entry) || !matchesFlyteOutput(t, o.before.entry, resp.GetOutput()) {
+			t.Fatalf("Get answered %v, database held %+v", resp.GetOutput(), o.before.entry)
+		}
+	case connect.CodeNotFound:
+		if flyteReadable(o.before.entry) {
+			t.Fatalf("Get answered not_found, database held %+v", o.before.entry)
+		}
+	}
+	assertUnchanged(t, o.before, o.after)
+}
+
+func checkFlytePut(t *testing.T, o outcome) {
+	req := o.req.(flyteRequest).Message.(*flytecachev2.PutCacheRequest).GetBaseRequest()
+	switch o.resp.code {
+	case 0:
+		if o.before.entry != nil && !req.GetOverwrite().GetOverwrite() && req.GetOverwrite().GetMaxAge() == nil {
+			t.Fatalf("Put replaced %+v without overwrite or max_age", o.before.entry)
+		}
+		if !matchesFlyteOutput(t, o.after.entry, req.GetOutput()) {
+			t.Fatalf("Put succeeded, database holds %+v, want %v", o.after.entry, req.GetOutput())
+		}
+		if o.before.entry != nil && !o.after.entry.CreatedAt.Equal(o.before.entry.CreatedAt) {
+			t.Fatalf("Put changed created_at %v -> %v", o.before.entry.CreatedAt, o.after.entry.CreatedAt)
+		}
+	case connect.CodeAlreadyExists:
+		if o.before.entry == nil || req.GetOverwrite().GetOverwrite() {
+			t.Fatalf("Put answered already_exists with entry %+v, overwrite %v", o.before.entry, req.GetOverwrite())
+		}
 	}
 }

@@ -52,15 +52,20 @@ type testBundle struct {
 
 // setup starts the server's HTTP edge, as cmd/cacheservice serves it (the
 // request size limit included), on 127.0.0.1 over a new database.
-func setup(t testing.TB, cfg manager.Config) *testBundle {
+// storeOpts change the store's configuration.
+func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *testBundle {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
-	st, err := store.Open(t.Context(), store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second})
+	sc := store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second}
+	for _, opt := range storeOpts {
+		opt(&sc)
+	}
+	st, err := store.Open(t.Context(), sc)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(func() { closeBounded(t, "server's pool", st.Close) })
-	admin, err := pgxpool.New(t.Context(), url)
+	admin, err := pgxpool.New(t.Context(), sc.URL)
 	if err != nil {
 		t.Fatalf("open admin pool: %v", err)
 	}
@@ -142,11 +147,16 @@ type rawResponse struct {
 	body   []byte       // the success body
 }
 
-// post sends body to procedure (e.g. "Get") with the Connect unary protocol
-// and decodes the error body, if any.
+// post sends body to procedure (its full name, such as
+// /cacheservice.v1.CacheService/Get) with the Connect unary protocol and
+// decodes the error body, if any.
 func (b *testBundle) post(ctx context.Context, t testing.TB, procedure, contentType string, body io.Reader, header http.Header) rawResponse {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+"/"+cachev1connect.CacheServiceName+"/"+procedure, body)
+	path := "/" + cachev1connect.CacheServiceName + "/" + procedure
+	if strings.HasPrefix(procedure, "/") { // a full path, as for Flyte's API
+		path = procedure
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+path, body)
 	if err != nil {
 		t.Fatalf("new request: %v", err)
 	}

@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
+	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 )
 
 // writeSeedsEnv makes TestWriteFuzzSeeds rewrite testdata/fuzz from
@@ -36,7 +40,7 @@ func fuzzSeeds() map[string][]proto.Message {
 			LastUpdatedAt: timestamppb.New(time.Unix(0, 0)),
 		},
 	}
-	return map[string][]proto.Message{
+	seeds := map[string][]proto.Message{
 		"FuzzGet": {
 			&cachev1.GetRequest{Scope: sc, Key: "k"},
 			&cachev1.GetRequest{Scope: sc, Key: "inline"},
@@ -66,6 +70,58 @@ func fuzzSeeds() map[string][]proto.Message {
 			&cachev1.ReleaseReservationRequest{Scope: sc, Key: "held", OwnerId: "w1"},
 			&cachev1.ReleaseReservationRequest{Scope: sc, Key: "none", OwnerId: "w1"},
 			&cachev1.ReleaseReservationRequest{Scope: sc, Key: "held"},
+		},
+	}
+	maps.Copy(seeds, flyteFuzzSeeds())
+	return seeds
+}
+
+// flyteFuzzSeeds are the seeds of Flyte's API: its URI and LiteralMap
+// entries, a cacheservice.v1 inline entry it cannot read, delete_blob, a
+// Put without source, a zero heartbeat.
+func flyteFuzzSeeds() map[string][]proto.Message {
+	id := &flytecachev2.Identifier{Org: "o", Project: "p", Domain: "d"}
+	md := &flytecache.Metadata{
+		SourceIdentifier: &flytecore.Identifier{ResourceType: flytecore.ResourceType_TASK, Project: "p", Domain: "d", Name: "t", Version: "v", Org: "o"},
+		KeyMap:           &flytecache.KeyMapMetadata{Values: map[string]string{"exec-name": "e"}},
+	}
+	lm := &flytecore.LiteralMap{}
+	if err := proto.Unmarshal([]byte{0x0a, 0x03, 0x0a, 0x01, 'y'}, lm); err != nil {
+		panic(err)
+	}
+	uri := func(u string) *flytecache.CachedOutput {
+		return &flytecache.CachedOutput{Output: &flytecache.CachedOutput_OutputUri{OutputUri: u}, Metadata: md}
+	}
+	return map[string][]proto.Message{
+		"FuzzFlyteGet": {
+			&flytecachev2.GetCacheRequest{Identifier: id, BaseRequest: &flytecache.GetCacheRequest{Key: "flyte"}},
+			&flytecachev2.GetCacheRequest{Identifier: id, BaseRequest: &flytecache.GetCacheRequest{Key: "literals"}},
+			&flytecachev2.GetCacheRequest{Identifier: id, BaseRequest: &flytecache.GetCacheRequest{Key: "inline"}},
+			&flytecachev2.GetCacheRequest{Identifier: id},
+		},
+		"FuzzFlytePut": {
+			&flytecachev2.PutCacheRequest{Identifier: id, BaseRequest: &flytecache.PutCacheRequest{Key: "new", Output: uri("s3://b/new")}},
+			&flytecachev2.PutCacheRequest{Identifier: id, BaseRequest: &flytecache.PutCacheRequest{Key: "flyte",
+				Output:    &flytecache.CachedOutput{Output: &flytecache.CachedOutput_OutputLiterals{OutputLiterals: lm}, Metadata: md},
+				Overwrite: &flytecache.OverwriteOutput{Overwrite: true}}},
+			&flytecachev2.PutCacheRequest{Identifier: id, BaseRequest: &flytecache.PutCacheRequest{Key: "k", Output: uri("s3://b/x"),
+				Overwrite: &flytecache.OverwriteOutput{DeleteBlob: true, MaxAge: durationpb.New(1)}}},
+			&flytecachev2.PutCacheRequest{Identifier: id, BaseRequest: &flytecache.PutCacheRequest{Key: "k",
+				Output: &flytecache.CachedOutput{Output: &flytecache.CachedOutput_OutputUri{OutputUri: "s3://b/x"}}}},
+		},
+		"FuzzFlyteDelete": {
+			&flytecachev2.DeleteCacheRequest{Identifier: id, BaseRequest: &flytecache.DeleteCacheRequest{Key: "flyte"}},
+			&flytecachev2.DeleteCacheRequest{Identifier: id, BaseRequest: &flytecache.DeleteCacheRequest{Key: "missing"}},
+		},
+		"FuzzFlyteGetOrExtendReservation": {
+			&flytecachev2.GetOrExtendReservationRequest{Identifier: id, BaseRequest: &flytecache.GetOrExtendReservationRequest{
+				Key: "held", OwnerId: "w2", HeartbeatInterval: durationpb.New(0)}},
+			&flytecachev2.GetOrExtendReservationRequest{Identifier: id, BaseRequest: &flytecache.GetOrExtendReservationRequest{
+				Key: "free", OwnerId: "w1", HeartbeatInterval: durationpb.New(2 * time.Second)}},
+		},
+		"FuzzFlyteReleaseReservation": {
+			&flytecachev2.ReleaseReservationRequest{Identifier: id, BaseRequest: &flytecache.ReleaseReservationRequest{Key: "held", OwnerId: "w1"}},
+			&flytecachev2.ReleaseReservationRequest{Identifier: id, BaseRequest: &flytecache.ReleaseReservationRequest{Key: "held", OwnerId: "w2"}},
 		},
 	}
 }

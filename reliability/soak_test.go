@@ -97,8 +97,9 @@ func TestSoakMixedWorkloadHasNoErrorsAndFlatMemory(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewDatabase(t)
 	servers := []*serverProc{
-		startServer(t, "soak-0", "--database-url", url, "--log-level", "info"),
-		startServer(t, "soak-1", "--database-url", url, "--log-level", "info"),
+		// Contended claims use 20ms heartbeats, so that leases lapse during the soak.
+		startServer(t, "soak-0", "--database-url", url, "--log-level", "info", "--min-heartbeat", "10ms"),
+		startServer(t, "soak-1", "--database-url", url, "--log-level", "info", "--min-heartbeat", "10ms"),
 	}
 	duration := pick(10*time.Second, 3*time.Minute)
 	const clients = 24

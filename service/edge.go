@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	"github.com/cacheservice/cacheservice/manager"
 )
 
@@ -55,6 +56,7 @@ type mount struct {
 // Procedures follow, and with them the hostile and fuzz suites.
 var mounts = []mount{
 	{desc: cachev1.File_cacheservice_v1_cache_proto.Services().ByName("CacheService"), handler: NewHandler},
+	{desc: flytecachev2.File_flyteidl2_cacheservice_v2_cacheservice_proto.Services().ByName("CacheService"), handler: NewFlyteHandler},
 }
 
 // Procedures returns the full name of every RPC the edge serves, such as

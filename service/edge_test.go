@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
@@ -26,6 +27,12 @@ func TestProceduresListEveryRPCOfCacheService(t *testing.T) {
 		cachev1connect.CacheServiceDeleteProcedure,
 		cachev1connect.CacheServiceGetOrExtendReservationProcedure,
 		cachev1connect.CacheServiceReleaseReservationProcedure,
+		// Flyte's cache API, mounted beside ours.
+		flytecachev2connect.CacheServiceGetProcedure,
+		flytecachev2connect.CacheServicePutProcedure,
+		flytecachev2connect.CacheServiceDeleteProcedure,
+		flytecachev2connect.CacheServiceGetOrExtendReservationProcedure,
+		flytecachev2connect.CacheServiceReleaseReservationProcedure,
 	}
 	got := service.Procedures()
 	for _, p := range want {

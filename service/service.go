@@ -11,7 +11,6 @@ import (
 	"context"
 	"net/http"
 	"slices"
-	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/validate"
@@ -39,13 +38,12 @@ func NewHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return cachev1connect.NewCacheServiceHandler(&cacheService{manager: m, now: time.Now}, opts...)
+	return cachev1connect.NewCacheServiceHandler(&cacheService{manager: m}, opts...)
 }
 
 // cacheService implements the generated handler interface.
 type cacheService struct {
 	manager *manager.Manager
-	now     func() time.Time
 }
 
 var _ cachev1connect.CacheServiceHandler = (*cacheService)(nil)
@@ -55,7 +53,7 @@ func (s *cacheService) Get(ctx context.Context, req *connect.Request[cachev1.Get
 }
 
 func (s *cacheService) Put(ctx context.Context, req *connect.Request[cachev1.PutRequest]) (*connect.Response[cachev1.PutResponse], error) {
-	return respond(s.manager.Put(ctx, s.now(), req.Msg))
+	return respond(s.manager.Put(ctx, req.Msg))
 }
 
 func (s *cacheService) Delete(ctx context.Context, req *connect.Request[cachev1.DeleteRequest]) (*connect.Response[cachev1.DeleteResponse], error) {
@@ -63,7 +61,7 @@ func (s *cacheService) Delete(ctx context.Context, req *connect.Request[cachev1.
 }
 
 func (s *cacheService) GetOrExtendReservation(ctx context.Context, req *connect.Request[cachev1.GetOrExtendReservationRequest]) (*connect.Response[cachev1.GetOrExtendReservationResponse], error) {
-	return respond(s.manager.GetOrExtendReservation(ctx, s.now(), req.Msg))
+	return respond(s.manager.GetOrExtendReservation(ctx, req.Msg))
 }
 
 func (s *cacheService) ReleaseReservation(ctx context.Context, req *connect.Request[cachev1.ReleaseReservationRequest]) (*connect.Response[cachev1.ReleaseReservationResponse], error) {

@@ -12,7 +12,8 @@ type ID struct {
 }
 
 // Entry is a stored output. Exactly one of URI and Inline is meaningful:
-// URI when it is not empty, Inline (possibly empty) otherwise.
+// URI when it is not empty, Inline (possibly empty) otherwise. CreatedAt and
+// LastUpdatedAt are read from the database; PutEntry sets them itself.
 type Entry struct {
 	ID            ID
 	URI           string
@@ -22,15 +23,23 @@ type Entry struct {
 	Labels        map[string]string
 	CreatedAt     time.Time
 	LastUpdatedAt time.Time
+	// Literals says Inline holds a serialized Flyte LiteralMap stored
+	// through Flyte's API (migration 004). GetEntry sets it only while the
+	// stored digest still matches the bytes.
+	Literals bool
+	// FlyteSource is a serialized flyteidl2.core.Identifier stored through
+	// Flyte's API, nil otherwise. The store keeps it opaque; whether it still
+	// describes the entry is the manager's call.
+	FlyteSource []byte
 }
 
 // Replace says when PutEntry may replace an existing entry.
 type Replace struct {
 	// Always replaces whatever is there.
 	Always bool
-	// UpdatedBefore, when not zero, replaces an entry whose LastUpdatedAt is
-	// before it.
-	UpdatedBefore time.Time
+	// OlderThan, when positive, replaces an entry last updated more than
+	// this long ago by the database's clock.
+	OlderThan time.Duration
 }
 
 // GetEntry returns the entry with the given ID, or ErrNotFound.
@@ -40,11 +49,17 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	e := Entry{ID: id}
 	var uri *string
 	err := s.db.QueryRow(ctx, `
-		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at
+		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
+			-- A LiteralMap only while the digest matches: a previous
+			-- version's overwrite leaves a stale digest (migration 004).
+			literals_sha256 IS NOT NULL AND output_inline IS NOT NULL
+				AND literals_sha256 = sha256(output_inline),
+			flyte_source
 		FROM cache_entries
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key,
-	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt)
+	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt,
+		&e.Literals, &e.FlyteSource)
 	if err != nil {
 		return Entry{}, classify("get entry", err)
 	}
@@ -59,9 +74,10 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 
 // PutEntry inserts e, or replaces an existing entry as replace allows, in one
 // statement: of concurrent writers to a new key exactly one inserts, and the
-// others see the conflict. A replaced entry keeps its CreatedAt; e.CreatedAt
-// is used only for a new one. It returns ErrConflict when an entry exists
-// that may not be replaced.
+// others see the conflict. Both timestamps come from the database's clock
+// (cache_now(), read once for the statement); a replaced entry keeps its
+// CreatedAt. It returns ErrConflict when an entry exists that may not be
+// replaced.
 func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
@@ -79,24 +95,32 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	var updatedBefore *time.Time
-	if !replace.UpdatedBefore.IsZero() {
-		updatedBefore = &replace.UpdatedBefore
+	var olderThan *time.Duration
+	if replace.OlderThan > 0 {
+		olderThan = &replace.OlderThan
 	}
+	// The clock is read once, in a subquery, so created_at and
+	// last_updated_at of a new entry are equal and the max_age test compares
+	// against the same instant that is stored.
 	tag, err := s.db.Exec(ctx, `
 		INSERT INTO cache_entries AS e
-			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
+			 literals_sha256, flyte_source)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, clock.now, clock.now,
+			CASE WHEN $12::boolean AND $6::bytea IS NOT NULL THEN sha256($6::bytea) END, $13
+		FROM (SELECT cache_now() AS now) clock
 		ON CONFLICT (org, project, domain, key) DO UPDATE SET
 			output_uri      = EXCLUDED.output_uri,
 			output_inline   = EXCLUDED.output_inline,
 			source_name     = EXCLUDED.source_name,
 			source_version  = EXCLUDED.source_version,
 			labels          = EXCLUDED.labels,
-			last_updated_at = EXCLUDED.last_updated_at
-		WHERE $12 OR e.last_updated_at < $13`,
+			last_updated_at = EXCLUDED.last_updated_at,
+			literals_sha256 = EXCLUDED.literals_sha256,
+			flyte_source    = EXCLUDED.flyte_source
+		WHERE $10 OR e.last_updated_at < EXCLUDED.last_updated_at - $11::interval`,
 		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
-		e.CreatedAt, e.LastUpdatedAt, replace.Always, updatedBefore,
+		replace.Always, olderThan, e.Literals && uri == nil, e.FlyteSource,
 	)
 	if err != nil {
 		return classify("put entry", err)

@@ -11,21 +11,23 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
-var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-
 func TestPutEntryThenGetEntryRoundTrips(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	cases := []store.Entry{
 		{ID: store.ID{"o", "p", "d", "uri"}, URI: "s3://bucket/out", SourceName: "task", SourceVersion: "v1",
-			Labels: map[string]string{"team": "ml", "empty": ""}, CreatedAt: t0, LastUpdatedAt: t0},
-		{ID: store.ID{"o", "p", "d", "inline"}, Inline: []byte{0, 1, 2, 255}, CreatedAt: t0, LastUpdatedAt: t0},
-		{ID: store.ID{"o", "p", "d", "empty-inline"}, Inline: []byte{}, CreatedAt: t0, LastUpdatedAt: t0},
+			Labels: map[string]string{"team": "ml", "empty": ""}},
+		{ID: store.ID{"o", "p", "d", "inline"}, Inline: []byte{0, 1, 2, 255}},
+		{ID: store.ID{"o", "p", "d", "empty-inline"}, Inline: []byte{}},
 	}
+	// The database's clock stamps the entry, however far it is from ours.
+	b.shiftClock(t, 1000*time.Hour)
 	for _, want := range cases {
+		before := b.now(t)
 		if err := b.store.PutEntry(b.ctx, want, store.Replace{}); err != nil {
 			t.Fatalf("put %s: %v", want.ID.Key, err)
 		}
+		after := b.now(t)
 		got, err := b.store.GetEntry(b.ctx, want.ID)
 		if err != nil {
 			t.Fatalf("get %s: %v", want.ID.Key, err)
@@ -39,10 +41,19 @@ func TestPutEntryThenGetEntryRoundTrips(t *testing.T) {
 		if len(want.Labels) > 0 && !maps.Equal(got.Labels, want.Labels) {
 			t.Errorf("%s: labels = %v, want %v", want.ID.Key, got.Labels, want.Labels)
 		}
-		if !got.CreatedAt.Equal(t0) || !got.LastUpdatedAt.Equal(t0) {
-			t.Errorf("%s: times = %v %v", want.ID.Key, got.CreatedAt, got.LastUpdatedAt)
+		if !got.CreatedAt.Equal(got.LastUpdatedAt) || got.CreatedAt.Before(before.Truncate(time.Microsecond)) || got.CreatedAt.After(after) {
+			t.Errorf("%s: times = %v %v, want both equal, between %v and %v", want.ID.Key, got.CreatedAt, got.LastUpdatedAt, before, after)
 		}
 	}
+}
+
+func (b *testBundle) mustGet(t *testing.T, id store.ID) store.Entry {
+	t.Helper()
+	e, err := b.store.GetEntry(b.ctx, id)
+	if err != nil {
+		t.Fatalf("get %s: %v", id.Key, err)
+	}
+	return e
 }
 
 func TestGetEntryMissingIsErrNotFound(t *testing.T) {
@@ -54,9 +65,10 @@ func TestGetEntryMissingIsErrNotFound(t *testing.T) {
 	}
 }
 
+// TestPutEntryReplaceRules writes an entry, moves the database's clock an
+// hour on and writes again under each rule.
 func TestPutEntryReplaceRules(t *testing.T) {
 	t.Parallel()
-	later := t0.Add(time.Hour)
 	cases := []struct {
 		name     string
 		replace  store.Replace
@@ -64,21 +76,22 @@ func TestPutEntryReplaceRules(t *testing.T) {
 	}{
 		{"no replace", store.Replace{}, false},
 		{"always", store.Replace{Always: true}, true},
-		{"updated before a time after the entry", store.Replace{UpdatedBefore: t0.Add(time.Microsecond)}, true},
-		{"updated before the entry's own time", store.Replace{UpdatedBefore: t0}, false},
-		{"updated before a time before the entry", store.Replace{UpdatedBefore: t0.Add(-time.Minute)}, false},
+		{"older than less than its age", store.Replace{OlderThan: 59 * time.Minute}, true},
+		{"older than just over its age", store.Replace{OlderThan: time.Hour + time.Minute}, false},
+		{"older than far more than its age", store.Replace{OlderThan: 24 * time.Hour}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			id := store.ID{"o", "p", "d", "k"}
-			first := store.Entry{ID: id, URI: "first", CreatedAt: t0, LastUpdatedAt: t0}
-			if err := b.store.PutEntry(b.ctx, first, store.Replace{}); err != nil {
+			if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "first"}, store.Replace{}); err != nil {
 				t.Fatalf("first put: %v", err)
 			}
-			second := store.Entry{ID: id, Inline: []byte("second"), CreatedAt: later, LastUpdatedAt: later}
-			err := b.store.PutEntry(b.ctx, second, tc.replace)
+			t0 := b.mustGet(t, id).LastUpdatedAt
+			b.shiftClock(t, time.Hour)
+			before := b.now(t)
+			err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: []byte("second")}, tc.replace)
 			got, getErr := b.store.GetEntry(b.ctx, id)
 			if getErr != nil {
 				t.Fatalf("get: %v", getErr)
@@ -101,8 +114,8 @@ func TestPutEntryReplaceRules(t *testing.T) {
 			if !got.CreatedAt.Equal(t0) {
 				t.Errorf("created_at = %v, want the first put's %v", got.CreatedAt, t0)
 			}
-			if !got.LastUpdatedAt.Equal(later) {
-				t.Errorf("last_updated_at = %v, want %v", got.LastUpdatedAt, later)
+			if got.LastUpdatedAt.Before(before.Truncate(time.Microsecond)) || got.LastUpdatedAt.After(b.now(t)) {
+				t.Errorf("last_updated_at = %v, want the moved clock's time of the second put (from %v)", got.LastUpdatedAt, before)
 			}
 		})
 	}
@@ -112,7 +125,7 @@ func TestDeleteEntry(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := store.ID{"o", "p", "d", "k"}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "u", CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "u"}, store.Replace{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.store.DeleteEntry(b.ctx, id); err != nil {
@@ -132,7 +145,6 @@ func TestIDPartsNeverCollide(t *testing.T) {
 	a := store.ID{Org: "a-b", Project: "c", Domain: "d", Key: "k"}
 	c := store.ID{Org: "a", Project: "b-c", Domain: "d", Key: "k"}
 	for _, e := range []store.Entry{{ID: a, URI: "first"}, {ID: c, URI: "second"}} {
-		e.CreatedAt, e.LastUpdatedAt = t0, t0
 		if err := b.store.PutEntry(b.ctx, e, store.Replace{}); err != nil {
 			t.Fatalf("put %+v: %v", e.ID, err)
 		}
@@ -156,15 +168,15 @@ func TestIdentityOverIndexLimitIsErrTooLarge(t *testing.T) {
 		key = append(key, rune(0x1F300+i%0x2FF), rune(0x20000+i))
 	}
 	id := store.ID{"o", "p", "d", string(key[:1024])}
-	err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "u", CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{})
+	err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "u"}, store.Replace{})
 	if !errors.Is(err, store.ErrTooLarge) {
 		t.Fatalf("PutEntry: err = %v, want ErrTooLarge", err)
 	}
 	err = b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, store.Reservation{ID: id, OwnerID: "w", HeartbeatInterval: time.Second, ExpiresAt: t0})
+		_, err := tx.ClaimReservation(ctx, store.Claim{ID: id, OwnerID: "w", HeartbeatInterval: time.Second, Lease: 3 * time.Second})
 		return err
 	})
 	if !errors.Is(err, store.ErrTooLarge) {
-		t.Fatalf("LockReservation: err = %v, want ErrTooLarge", err)
+		t.Fatalf("ClaimReservation: err = %v, want ErrTooLarge", err)
 	}
 }

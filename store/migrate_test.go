@@ -52,7 +52,7 @@ func TestMigrateConcurrentlyAppliesEachMigrationOnce(t *testing.T) {
 	if got != want || want == 0 {
 		t.Fatalf("schema_migrations has %d rows, want %d", got, want)
 	}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: store.ID{"o", "p", "d", "k"}, URI: "u", CreatedAt: t0, LastUpdatedAt: t0}, store.Replace{}); err != nil {
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: store.ID{"o", "p", "d", "k"}, URI: "u"}, store.Replace{}); err != nil {
 		t.Fatalf("put after migrating: %v", err)
 	}
 }

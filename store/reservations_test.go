@@ -8,54 +8,96 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/store"
 )
 
-func TestLockReservationCreatesMissingRow(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	claim := store.Reservation{ID: store.ID{"o", "p", "d", "k"}, OwnerID: "w1", HeartbeatInterval: 500 * time.Millisecond, ExpiresAt: t0}
-	var got store.Reservation
-	var created bool
-	err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		var err error
-		got, created, err = tx.LockReservation(ctx, claim)
+// claim runs ClaimReservation in a transaction of its own.
+func (b *testBundle) claim(t *testing.T, c store.Claim) store.ClaimResult {
+	t.Helper()
+	res, err := claimWith(b.ctx, b.store, c)
+	if err != nil {
+		t.Fatalf("claim %+v: %v", c, err)
+	}
+	return res
+}
+
+func claimWith(ctx context.Context, st *store.Store, c store.Claim) (res store.ClaimResult, err error) {
+	err = st.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
+		res, err = tx.ClaimReservation(ctx, c)
 		return err
 	})
-	if err != nil {
-		t.Fatalf("lock: %v", err)
+	return res, err
+}
+
+func TestClaimReservationCreatesMissingRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.shiftClock(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
+	c := store.Claim{ID: store.ID{"o", "p", "d", "k"}, OwnerID: "w1", HeartbeatInterval: 500*time.Millisecond + time.Nanosecond, Lease: 90 * time.Second}
+	before := b.now(t)
+	got := b.claim(t, c)
+	after := b.now(t)
+	if !got.Created || !got.Granted || got.Current.OwnerID != "w1" || got.Current.HeartbeatInterval != c.HeartbeatInterval {
+		t.Fatalf("claim = %+v, want w1's, created and granted, heartbeat kept to the nanosecond", got)
 	}
-	if !created || got != claim {
-		t.Fatalf("lock = %+v created=%v, want the claim, created", got, created)
+	if exp := got.Current.ExpiresAt; exp.Before(before.Add(c.Lease).Truncate(time.Microsecond)) || exp.After(after.Add(c.Lease)) {
+		t.Fatalf("expires_at = %v, want the lease after the clock's %v..%v", exp, before, after)
 	}
-	stored, err := b.store.GetReservation(b.ctx, claim.ID)
+	stored, err := b.store.GetReservation(b.ctx, c.ID)
 	if err != nil {
 		t.Fatalf("get: %v", err)
 	}
-	if stored != claim {
-		t.Fatalf("stored = %+v, want %+v (heartbeat kept to the nanosecond)", stored, claim)
+	if stored != got.Current {
+		t.Fatalf("stored = %+v, want %+v", stored, got.Current)
 	}
 
-	// A second claim finds the row and does not replace it.
-	other := claim
+	// A second claimant finds the row and does not replace it.
+	other := c
 	other.OwnerID = "w2"
-	err = b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		var err error
-		got, created, err = tx.LockReservation(ctx, other)
-		return err
-	})
-	if err != nil || created || got != claim {
-		t.Fatalf("second lock = %+v created=%v err=%v, want the first claim", got, created, err)
+	if again := b.claim(t, other); again.Created || again.Granted || again.Current != stored || again.Previous != stored {
+		t.Fatalf("second claim = %+v, want the first claim's reservation untouched", again)
+	}
+}
+
+// TestClaimReservationGrantsByTheDatabaseClock moves the database's clock
+// around a holder's expiry: another owner gets the reservation only once it
+// has expired by that clock, and the holder may always extend it.
+func TestClaimReservationGrantsByTheDatabaseClock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id := store.ID{"o", "p", "d", "k"}
+	b.claim(t, store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Hour})
+	steps := []struct {
+		offset  time.Duration
+		owner   string
+		granted bool
+	}{
+		{59 * time.Minute, "w2", false}, // a minute before expiry
+		{59 * time.Minute, "w1", true},  // the holder extends: now expires at +1h59m
+		{time.Hour + 58*time.Minute, "w2", false},
+		{2 * time.Hour, "w2", true}, // past expiry: taken over
+		{2 * time.Hour, "w1", false},
+	}
+	for i, s := range steps {
+		b.shiftClock(t, s.offset)
+		res := b.claim(t, store.Claim{ID: id, OwnerID: s.owner, HeartbeatInterval: time.Second, Lease: time.Hour})
+		if res.Granted != s.granted {
+			t.Fatalf("step %d (%s at +%v): granted = %v, want %v (%+v)", i, s.owner, s.offset, res.Granted, s.granted, res)
+		}
+		if now := b.now(t); res.Granted && !res.Current.ExpiresAt.After(now.Add(59*time.Minute)) {
+			t.Fatalf("step %d: granted until %v, want an hour after %v", i, res.Current.ExpiresAt, now)
+		}
 	}
 }
 
 func TestTxRollsBackWhenFnFails(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	claim := store.Reservation{ID: store.ID{"o", "p", "d", "k"}, OwnerID: "w1", HeartbeatInterval: time.Second, ExpiresAt: t0}
+	c := store.Claim{ID: store.ID{"o", "p", "d", "k"}, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute}
 	boom := errors.New("boom")
 	err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		if _, _, err := tx.LockReservation(ctx, claim); err != nil {
+		if _, err := tx.ClaimReservation(ctx, c); err != nil {
 			return err
 		}
 		return boom
@@ -63,50 +105,42 @@ func TestTxRollsBackWhenFnFails(t *testing.T) {
 	if !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want boom", err)
 	}
-	if _, err := b.store.GetReservation(b.ctx, claim.ID); !errors.Is(err, store.ErrNotFound) {
+	if _, err := b.store.GetReservation(b.ctx, c.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("reservation after rollback: %v, want ErrNotFound", err)
 	}
 }
 
-// TestLockReservationHoldsRowLock proves the lock is real: a second
+// TestClaimReservationHoldsRowLock proves the lock is real: a second
 // transaction wanting the same row waits until the first commits, and then
 // sees the first one's write.
-func TestLockReservationHoldsRowLock(t *testing.T) {
+func TestClaimReservationHoldsRowLock(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := store.ID{"o", "p", "d", "k"}
-	seed := store.Reservation{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, ExpiresAt: t0}
-	mustLock(t, b, seed)
+	b.claim(t, store.Claim{ID: id, OwnerID: "w0", HeartbeatInterval: time.Second, Lease: -time.Hour}) // expired
 
 	locked := make(chan struct{})
 	release := make(chan struct{})
 	firstDone := make(chan error, 1)
 	go func() {
 		firstDone <- b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-			if _, _, err := tx.LockReservation(ctx, seed); err != nil {
+			if _, err := tx.ClaimReservation(ctx, store.Claim{ID: id, OwnerID: "w-first", HeartbeatInterval: time.Second, Lease: time.Hour}); err != nil {
 				return err
 			}
 			close(locked)
 			<-release
-			next := seed
-			next.OwnerID = "w-first"
-			return tx.UpdateReservation(ctx, next)
+			return nil
 		})
 	}()
 	<-locked
 
-	secondDone := make(chan store.Reservation, 1)
+	secondDone := make(chan store.ClaimResult, 1)
 	go func() {
-		var got store.Reservation
-		err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-			var err error
-			got, _, err = tx.LockReservation(ctx, store.Reservation{ID: id, OwnerID: "w-second", ExpiresAt: t0})
-			return err
-		})
+		res, err := claimWith(b.ctx, b.store, store.Claim{ID: id, OwnerID: "w-second", HeartbeatInterval: time.Second, Lease: time.Hour})
 		if err != nil {
-			t.Errorf("second lock: %v", err)
+			t.Errorf("second claim: %v", err)
 		}
-		secondDone <- got
+		secondDone <- res
 	}()
 
 	waitForLockWaiter(t, b)
@@ -119,54 +153,124 @@ func TestLockReservationHoldsRowLock(t *testing.T) {
 	if err := <-firstDone; err != nil {
 		t.Fatalf("first transaction: %v", err)
 	}
-	if got := <-secondDone; got.OwnerID != "w-first" {
-		t.Fatalf("second transaction saw owner %q, want the first's committed write", got.OwnerID)
+	if got := <-secondDone; got.Granted || got.Previous.OwnerID != "w-first" {
+		t.Fatalf("second transaction got %+v, want the first's committed reservation, not granted", got)
 	}
+}
+
+// lockFromOutside locks the reservation row of id from a session of its own,
+// as another program or a stuck transaction would, until the returned
+// function is called.
+func lockFromOutside(t *testing.T, b *testBundle, id store.ID) (unlock func()) {
+	t.Helper()
+	conn, err := pgx.Connect(b.ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owner string
+	if err := tx.QueryRow(b.ctx, `SELECT owner_id FROM reservations WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 FOR UPDATE`,
+		id.Org, id.Project, id.Domain, id.Key).Scan(&owner); err != nil {
+		t.Fatalf("lock from outside: %v", err)
+	}
+	done := false
+	unlock = func() {
+		if !done {
+			done = true
+			_ = tx.Rollback(context.Background())
+			_ = conn.Close(context.Background())
+		}
+	}
+	t.Cleanup(unlock)
+	return unlock
 }
 
 func TestLockWaitPastDeadlineIsUnavailable(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := store.ID{"o", "p", "d", "k"}
-	seed := store.Reservation{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, ExpiresAt: t0}
-	mustLock(t, b, seed)
+	b.claim(t, store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute})
 	short, err := store.Open(b.ctx, store.Config{URL: b.url, Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer short.Close()
-
-	locked, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-			if _, _, err := tx.LockReservation(ctx, seed); err != nil {
-				return err
-			}
-			close(locked)
-			<-release
-			return nil
-		})
-	}()
-	<-locked
-	err = short.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, seed)
-		return err
-	})
-	close(release)
+	lockFromOutside(t, b, id)
+	_, err = claimWith(b.ctx, short, store.Claim{ID: id, OwnerID: "w2", HeartbeatInterval: time.Second, Lease: time.Minute})
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("holder: %v", err)
+}
+
+// TestLockWaitPastLockTimeoutIsErrLockTimeout holds a reservation row from
+// outside: a claim gives up after the lock timeout, long before the store's
+// deadline, with ErrLockTimeout (which is also ErrUnavailable).
+func TestLockWaitPastLockTimeoutIsErrLockTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id := store.ID{"o", "p", "d", "k"}
+	b.claim(t, store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute})
+	st, err := store.Open(b.ctx, store.Config{URL: b.url, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer st.Close()
+	unlock := lockFromOutside(t, b, id)
+	for _, owner := range []string{"w1", "w2"} {
+		_, err = claimWith(b.ctx, st, store.Claim{ID: id, OwnerID: owner, HeartbeatInterval: time.Second, Lease: time.Minute})
+		if !errors.Is(err, store.ErrLockTimeout) || !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("claim by %s: err = %v, want ErrLockTimeout", owner, err)
+		}
+	}
+	// The pool's connection is healthy after it: once the lock is gone, the
+	// same store claims.
+	unlock()
+	if res, err := claimWith(b.ctx, st, store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute}); err != nil || !res.Granted {
+		t.Fatalf("claim after unlock = %+v, %v; want granted", res, err)
+	}
+}
+
+// TestCacheNowFollowsTheTestClock checks the link between the migration's
+// clock function and pgtest's setting: a connection string's offset and a
+// database's offset both move cache_now(), and nothing else does.
+func TestCacheNowFollowsTheTestClock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	skew := func(p interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) time.Duration {
+		var d time.Duration
+		if err := p.QueryRow(b.ctx, "SELECT cache_now() - clock_timestamp()").Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	near := func(what string, got, want time.Duration) {
+		t.Helper()
+		if got < want-time.Second || got > want+time.Second {
+			t.Errorf("%s: cache_now() is %v from the database's clock, want %v", what, got, want)
+		}
+	}
+	near("no offset", skew(b.store.Pool()), 0)
+	conn, err := pgx.Connect(b.ctx, pgtest.WithClockOffset(b.url, -90*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	near("connection string offset", skew(conn), -90*time.Minute)
+	b.shiftClock(t, 48*time.Hour)
+	near("database offset", skew(b.store.Pool()), 48*time.Hour)
+	near("connection string offset wins", skew(conn), -90*time.Minute)
 }
 
 func TestReleaseReservationOnlyByOwner(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := store.ID{"o", "p", "d", "k"}
-	mustLock(t, b, store.Reservation{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, ExpiresAt: t0})
+	b.claim(t, store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute})
 
 	if released, err := b.store.ReleaseReservation(b.ctx, id, "w2"); err != nil || released {
 		t.Fatalf("release by non-owner = %v, %v; want false, nil", released, err)
@@ -200,17 +304,6 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		if !errors.Is(err, store.ErrUnavailable) {
 			t.Errorf("%s: err = %v, want ErrUnavailable", op, err)
 		}
-	}
-}
-
-func mustLock(t *testing.T, b *testBundle, r store.Reservation) {
-	t.Helper()
-	err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, r)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("lock %+v: %v", r, err)
 	}
 }
 

@@ -40,7 +40,8 @@ func (cc *countedConn) Read(p []byte) (int, error) {
 
 // TestRoundTrips counts the database round trips of each operation on a warm
 // connection (its statements already prepared): one for Get, Put, Delete and
-// Release, two for a claim, which is one transaction.
+// Release, two for a claim, which is one transaction (its lock timeout and
+// its reading of the clock included).
 func TestRoundTrips(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -67,18 +68,14 @@ func TestRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	s := newStore(pool, 10*time.Second)
 
-	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	s := newStore(pool, 10*time.Second, time.Second)
 	id := ID{"o", "p", "d", "k"}
-	claim := func(owner string, replace bool) func() error {
+	claim := func(owner string) func() error {
 		return func() error {
 			return s.InTx(ctx, func(ctx context.Context, tx *Tx) error {
-				r := Reservation{ID: id, OwnerID: owner, HeartbeatInterval: time.Second, ExpiresAt: now}
-				if _, _, err := tx.LockReservation(ctx, r); err != nil || !replace {
-					return err
-				}
-				return tx.UpdateReservation(ctx, r)
+				_, err := tx.ClaimReservation(ctx, Claim{ID: id, OwnerID: owner, HeartbeatInterval: time.Second, Lease: time.Minute})
+				return err
 			})
 		}
 	}
@@ -88,14 +85,14 @@ func TestRoundTrips(t *testing.T) {
 		op   func() error
 	}{
 		{"put", 1, func() error {
-			return s.PutEntry(ctx, Entry{ID: id, URI: "u", CreatedAt: now, LastUpdatedAt: now}, Replace{Always: true})
+			return s.PutEntry(ctx, Entry{ID: id, URI: "u"}, Replace{Always: true})
 		}},
 		{"get", 1, func() error { _, err := s.GetEntry(ctx, id); return err }},
 		{"delete", 1, func() error { return s.DeleteEntry(ctx, id) }},
-		{"claim, creating the reservation", 2, claim("w1", false)},
-		{"claim, finding it held", 2, claim("w2", false)},
-		{"claim, replacing it", 2, claim("w2", true)},
-		{"release", 1, func() error { _, err := s.ReleaseReservation(ctx, id, "w2"); return err }},
+		{"claim, creating the reservation", 2, claim("w1")},
+		{"claim, finding it held", 2, claim("w2")},
+		{"claim, extending it", 2, claim("w1")},
+		{"release", 1, func() error { _, err := s.ReleaseReservation(ctx, id, "w1"); return err }},
 	}
 	// Warm up: connect, and let pgx prepare and cache every statement. Each
 	// pass leaves the rows as the next pass needs them.

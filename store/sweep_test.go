@@ -10,28 +10,27 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
-// seedReservation creates a reservation of key that expires at expiresAt.
-func (b *testBundle) seedReservation(t *testing.T, key string, expiresAt time.Time) store.ID {
+// seedReservation creates a reservation of key that expires at the
+// database's clock plus in (negative: in the past).
+func (b *testBundle) seedReservation(t *testing.T, key string, in time.Duration) store.ID {
 	t.Helper()
 	id := store.ID{"o", "p", "d", key}
-	err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, created, err := tx.LockReservation(ctx, store.Reservation{ID: id, OwnerID: "w", HeartbeatInterval: time.Second, ExpiresAt: expiresAt})
-		if err == nil && !created {
-			err = fmt.Errorf("reservation %s existed already", key)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("seed reservation %s: %v", key, err)
+	if res := b.claim(t, store.Claim{ID: id, OwnerID: "w", HeartbeatInterval: time.Second, Lease: in}); !res.Created {
+		t.Fatalf("seed reservation %s: it existed already", key)
 	}
 	return id
 }
 
-// seedEntry creates an entry of key last updated at updatedAt.
-func (b *testBundle) seedEntry(t *testing.T, key string, updatedAt time.Time) store.ID {
+// seedEntry creates an entry of key last updated at the database's clock
+// plus in (negative: in the past), straight into the table.
+func (b *testBundle) seedEntry(t *testing.T, key string, in time.Duration) store.ID {
 	t.Helper()
 	id := store.ID{"o", "p", "d", key}
-	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, URI: "s3://b/" + key, CreatedAt: updatedAt, LastUpdatedAt: updatedAt}, store.Replace{}); err != nil {
+	_, err := b.store.Pool().Exec(b.ctx, `
+		INSERT INTO cache_entries (org, project, domain, key, output_uri, created_at, last_updated_at)
+		VALUES ($1, $2, $3, $4, 'seeded', cache_now() + $5::interval, cache_now() + $5::interval)`,
+		id.Org, id.Project, id.Domain, id.Key, in)
+	if err != nil {
 		t.Fatalf("seed entry %s: %v", key, err)
 	}
 	return id
@@ -40,49 +39,61 @@ func (b *testBundle) seedEntry(t *testing.T, key string, updatedAt time.Time) st
 // sweepKind is one of the two tables the sweeper cleans, seen through the
 // store's API.
 type sweepKind struct {
-	seed   func(b *testBundle, t *testing.T, key string, at time.Time) store.ID
-	delete func(b *testBundle, cutoff time.Time, limit int) (int64, error)
+	seed   func(b *testBundle, t *testing.T, key string, in time.Duration) store.ID
+	delete func(b *testBundle, age time.Duration, limit int) (int64, error)
 	get    func(b *testBundle, id store.ID) error
 }
 
 var sweepKinds = map[string]sweepKind{
 	"reservations": {
 		seed: (*testBundle).seedReservation,
-		delete: func(b *testBundle, cutoff time.Time, limit int) (int64, error) {
-			return b.store.DeleteExpiredReservations(b.ctx, cutoff, limit)
+		delete: func(b *testBundle, age time.Duration, limit int) (int64, error) {
+			return b.store.DeleteExpiredReservations(b.ctx, age, limit)
 		},
 		get: func(b *testBundle, id store.ID) error { _, err := b.store.GetReservation(b.ctx, id); return err },
 	},
 	"entries": {
 		seed: (*testBundle).seedEntry,
-		delete: func(b *testBundle, cutoff time.Time, limit int) (int64, error) {
-			return b.store.DeleteEntriesUpdatedBefore(b.ctx, cutoff, limit)
+		delete: func(b *testBundle, age time.Duration, limit int) (int64, error) {
+			return b.store.DeleteEntriesOlderThan(b.ctx, age, limit)
 		},
 		get: func(b *testBundle, id store.ID) error { _, err := b.store.GetEntry(b.ctx, id); return err },
 	},
 }
 
+// TestSweepDeletesOnlyRowsBeforeCutoff seeds rows around the cutoff (an hour
+// before the database's clock), then moves that clock a day back and forth:
+// the cutoff follows it.
 func TestSweepDeletesOnlyRowsBeforeCutoff(t *testing.T) {
 	t.Parallel()
 	for name, kind := range sweepKinds {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			before := kind.seed(b, t, "before", t0.Add(-time.Microsecond))
-			at := kind.seed(b, t, "at", t0)
-			after := kind.seed(b, t, "after", t0.Add(time.Microsecond))
+			before := kind.seed(b, t, "before", -time.Hour-5*time.Second)
+			after := kind.seed(b, t, "after", -time.Hour+5*time.Second)
+			live := kind.seed(b, t, "live", time.Hour)
 
-			n, err := kind.delete(b, t0, 100)
+			b.shiftClock(t, -24*time.Hour) // nothing is old a day earlier
+			if n, err := kind.delete(b, time.Hour, 100); err != nil || n != 0 {
+				t.Fatalf("delete a day earlier = %d, %v; want none deleted", n, err)
+			}
+			b.shiftClock(t, 0)
+			n, err := kind.delete(b, time.Hour, 100)
 			if err != nil || n != 1 {
 				t.Fatalf("delete = %d, %v; want 1 deleted", n, err)
 			}
 			if err := kind.get(b, before); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("row before the cutoff: err = %v, want ErrNotFound", err)
 			}
-			for _, id := range []store.ID{at, after} {
+			for _, id := range []store.ID{after, live} {
 				if err := kind.get(b, id); err != nil {
 					t.Errorf("row %s (not before the cutoff) is gone: %v", id.Key, err)
 				}
+			}
+			b.shiftClock(t, 3*time.Hour) // now everything is
+			if n, err := kind.delete(b, time.Hour, 100); err != nil || n != 2 {
+				t.Fatalf("delete 3h later = %d, %v; want the other 2 deleted", n, err)
 			}
 		})
 	}
@@ -95,11 +106,11 @@ func TestSweepDeletesInBoundedBatches(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			for i := range 7 {
-				kind.seed(b, t, fmt.Sprint("k", i), t0.Add(-time.Hour))
+				kind.seed(b, t, fmt.Sprint("k", i), -2*time.Hour)
 			}
 			var got []int64
 			for range 4 {
-				n, err := kind.delete(b, t0, 3)
+				n, err := kind.delete(b, time.Hour, 3)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -117,12 +128,12 @@ func TestSweepDeletesInBoundedBatches(t *testing.T) {
 func TestDeleteExpiredReservationsSkipsRowsLockedByAClaim(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	locked := b.seedReservation(t, "locked", t0.Add(-time.Hour))
-	free := b.seedReservation(t, "free", t0.Add(-time.Hour))
+	locked := b.seedReservation(t, "locked", -time.Hour)
+	free := b.seedReservation(t, "free", -time.Hour)
 
 	var n int64
 	err := b.store.InTx(b.ctx, func(ctx context.Context, tx *store.Tx) error {
-		if _, _, err := tx.LockReservation(ctx, store.Reservation{ID: locked, OwnerID: "w2", HeartbeatInterval: time.Second, ExpiresAt: t0}); err != nil {
+		if _, err := tx.ClaimReservation(ctx, store.Claim{ID: locked, OwnerID: "w2", HeartbeatInterval: time.Second, Lease: time.Minute}); err != nil {
 			return err
 		}
 		// Another connection sweeps while this transaction holds the lock; a
@@ -130,7 +141,7 @@ func TestDeleteExpiredReservationsSkipsRowsLockedByAClaim(t *testing.T) {
 		short, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		var err error
-		n, err = b.store.DeleteExpiredReservations(short, t0, 100)
+		n, err = b.store.DeleteExpiredReservations(short, 0, 100)
 		return err
 	})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,17 +14,18 @@ import (
 // taken outside a transaction that will release it.
 //
 // It spends as few round trips as the semantics allow. BEGIN is not sent on
-// its own: it travels in one pipeline with the transaction's first read.
-// Writes that need no answer before the commit (UpdateReservation) are
-// queued and sent with COMMIT, in one more pipeline. A claim is thus one
-// transaction in two round trips, where BEGIN, INSERT, SELECT FOR UPDATE,
-// UPDATE and COMMIT one by one took up to five; the row lock is held for one
-// round trip instead of two.
+// its own: it travels in one pipeline with the transaction's first
+// statements, and with it SET LOCAL lock_timeout, so that no lock wait of the
+// transaction can outlast the store's lock timeout (one row locked from
+// outside must not hold a pool connection per waiting request until the
+// database deadline). A claim is thus one transaction in two round trips:
+// BEGIN, SET, INSERT, SELECT FOR UPDATE and UPDATE in the first, COMMIT in
+// the second, where sent one by one they took six; the row lock is held for
+// one round trip.
 type Tx struct {
-	conn    *pgx.Conn
-	begun   bool      // BEGIN has been sent
-	pending pgx.Batch // writes to send with COMMIT
-	ops     []string  // what each pending write does, for errors
+	conn        *pgx.Conn
+	lockTimeout time.Duration // zero: PostgreSQL's setting applies
+	begun       bool          // BEGIN has been sent
 }
 
 // InTx runs fn in a transaction under the store's deadline, committing when
@@ -40,7 +42,7 @@ func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) e
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	return s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		tx := &Tx{conn: conn.Conn()}
+		tx := &Tx{conn: conn.Conn(), lockTimeout: s.lockTimeout}
 		if err := fn(ctx, tx); err != nil {
 			tx.rollback(ctx)
 			return classify("transaction", err)
@@ -57,20 +59,28 @@ func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) e
 	})
 }
 
-// send runs b, preceded by BEGIN if the transaction has not begun, in one
-// round trip. Each of b's results must then be read in order.
+// send runs b, preceded by BEGIN and SET LOCAL lock_timeout if the
+// transaction has not begun, in one round trip. Each of b's results must then
+// be read in order.
 func (t *Tx) send(ctx context.Context, b *pgx.Batch) (pgx.BatchResults, error) {
-	if !t.begun {
-		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "BEGIN"}}, b.QueuedQueries...)
-	}
-	results := t.conn.SendBatch(ctx, b)
 	if t.begun {
-		return results, nil
+		return t.conn.SendBatch(ctx, b), nil
 	}
+	first := []*pgx.QueuedQuery{{SQL: "BEGIN"}}
+	if t.lockTimeout > 0 {
+		// SET takes no parameters; the value is a number of our own, in
+		// milliseconds and at least one (zero would mean no limit).
+		ms := max(t.lockTimeout.Milliseconds(), 1)
+		first = append(first, &pgx.QueuedQuery{SQL: fmt.Sprintf("SET LOCAL lock_timeout = %d", ms)})
+	}
+	b.QueuedQueries = append(first, b.QueuedQueries...)
+	results := t.conn.SendBatch(ctx, b)
 	t.begun = true
-	if _, err := results.Exec(); err != nil {
-		results.Close()
-		return nil, fmt.Errorf("begin: %w", err)
+	for range first {
+		if _, err := results.Exec(); err != nil {
+			results.Close()
+			return nil, fmt.Errorf("begin: %w", err)
+		}
 	}
 	return results, nil
 }
@@ -82,30 +92,12 @@ func closeResults(results pgx.BatchResults, err *error) {
 	}
 }
 
-// queue adds a write to be sent with COMMIT.
-func (t *Tx) queue(op, sql string, args ...any) {
-	t.pending.Queue(sql, args...)
-	t.ops = append(t.ops, op)
-}
-
-// commit sends the queued writes and COMMIT in one round trip.
-func (t *Tx) commit(ctx context.Context) (err error) {
-	if !t.begun && t.pending.Len() == 0 {
+// commit sends COMMIT, if anything was begun.
+func (t *Tx) commit(ctx context.Context) error {
+	if !t.begun {
 		return nil // nothing was read or written
 	}
-	b := &t.pending
-	b.Queue("COMMIT")
-	results, err := t.send(ctx, b)
-	if err != nil {
-		return err
-	}
-	defer closeResults(results, &err)
-	for _, op := range t.ops {
-		if _, err := results.Exec(); err != nil {
-			return fmt.Errorf("%s: %w", op, err)
-		}
-	}
-	_, err = results.Exec()
+	_, err := t.conn.Exec(ctx, "COMMIT")
 	return err
 }
 
@@ -121,63 +113,106 @@ func (t *Tx) rollback(ctx context.Context) {
 	}
 }
 
-// lockAttempts bounds LockReservation's retries: a row can vanish between
+// lockAttempts bounds ClaimReservation's retries: a row can vanish between
 // the insert that saw it and the lock that looks for it (a concurrent
 // release), which sends us round once more.
 const lockAttempts = 5
 
-// LockReservation inserts claim when the key has no reservation and reports
-// created=true; otherwise it locks the existing row until the transaction
-// ends and returns it. The insert uses ON CONFLICT, so of two first-comers
-// exactly one creates the row and the other locks it. Insert and lock go in
-// one round trip (with BEGIN, if this is the transaction's first statement).
-func (t *Tx) LockReservation(ctx context.Context, claim Reservation) (r Reservation, created bool, err error) {
-	id := claim.ID
+// Claim is one owner's request for a reservation, with the lease the manager
+// grants it.
+type Claim struct {
+	ID                ID
+	OwnerID           string
+	HeartbeatInterval time.Duration
+	// Lease is how long a granted reservation lives, counted from the
+	// database's clock after the row lock is held.
+	Lease time.Duration
+}
+
+// ClaimResult is what ClaimReservation found and did.
+type ClaimResult struct {
+	// Created is true when the key had no reservation and the claim
+	// inserted one.
+	Created bool
+	// Previous is the reservation as it was once its row lock was held
+	// (when Created, as the claim inserted it).
+	Previous Reservation
+	// Granted is true when the claimant holds the reservation now.
+	Granted bool
+	// Current is the reservation as the transaction leaves it: the claim's,
+	// with its new expiry, when Granted; Previous otherwise.
+	Current Reservation
+}
+
+// ClaimReservation gives the reservation of c.ID to c.OwnerID when the key
+// has none, when c.OwnerID holds it already, or when it has expired, and
+// then sets it to expire c.Lease from now; otherwise it leaves the current
+// holder's reservation as it is. The row stays locked until the transaction
+// ends, so PostgreSQL serializes claimants across replicas.
+//
+// Time is the database's, read after the row lock is held: the expiry test
+// and the new expiry are computed by an UPDATE that runs once the SELECT ...
+// FOR UPDATE before it in the pipeline has the lock. (now() would be the
+// transaction's start, before any lock wait, and a locking SELECT's own
+// target list may be computed before the wait too.) So a claim that waited
+// is never granted a lease that expired while it waited.
+//
+// The missing row is created with INSERT ... ON CONFLICT, so of two
+// first-comers exactly one creates it and the other locks it. Everything
+// goes in one round trip (with BEGIN, if this is the transaction's first
+// statement).
+func (t *Tx) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, error) {
+	id := c.ID
 	for range lockAttempts {
 		b := &pgx.Batch{}
 		b.Queue(`
 			INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
 			ON CONFLICT (org, project, domain, key) DO NOTHING`,
-			id.Org, id.Project, id.Domain, id.Key, claim.OwnerID, int64(claim.HeartbeatInterval), claim.ExpiresAt)
+			id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
 		b.Queue(`
 			SELECT owner_id, heartbeat_interval_ns, expires_at
 			FROM reservations
 			WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
 			FOR UPDATE`,
 			id.Org, id.Project, id.Domain, id.Key)
-		r, created, err = lockOnce(ctx, t, claim, b)
+		b.Queue(`
+			UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
+			WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+				AND (owner_id = $5 OR expires_at <= cache_now())
+			RETURNING owner_id, heartbeat_interval_ns, expires_at`,
+			id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+		res, err := claimOnce(ctx, t, id, b)
 		if errors.Is(err, ErrNotFound) {
 			continue // released between our insert and our lock
 		}
-		return r, created, err
+		return res, err
 	}
-	return Reservation{}, false, fmt.Errorf("lock reservation: row kept vanishing after %d attempts", lockAttempts)
+	return ClaimResult{}, fmt.Errorf("claim reservation: row kept vanishing after %d attempts", lockAttempts)
 }
 
-func lockOnce(ctx context.Context, t *Tx, claim Reservation, b *pgx.Batch) (_ Reservation, _ bool, err error) {
+func claimOnce(ctx context.Context, t *Tx, id ID, b *pgx.Batch) (_ ClaimResult, err error) {
 	results, err := t.send(ctx, b)
 	if err != nil {
-		return Reservation{}, false, classify("lock reservation", err)
+		return ClaimResult{}, classify("claim reservation", err)
 	}
 	defer closeResults(results, &err)
 	tag, err := results.Exec()
 	if err != nil {
-		return Reservation{}, false, classify("insert reservation", err)
+		return ClaimResult{}, classify("insert reservation", err)
 	}
-	r, err := scanReservation(claim.ID, results.QueryRow())
-	if err != nil || tag.RowsAffected() == 0 {
-		return r, false, err
+	res := ClaimResult{Created: tag.RowsAffected() == 1}
+	if res.Previous, err = scanReservation(id, results.QueryRow()); err != nil {
+		return ClaimResult{}, err
 	}
-	return claim, true, nil
-}
-
-// UpdateReservation overwrites the locked reservation of r.ID. The UPDATE
-// is sent with COMMIT, in the same round trip, so its error is InTx's.
-func (t *Tx) UpdateReservation(_ context.Context, r Reservation) error {
-	t.queue("update reservation", `
-		UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = $7
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
-		r.ID.Org, r.ID.Project, r.ID.Domain, r.ID.Key, r.OwnerID, int64(r.HeartbeatInterval), r.ExpiresAt)
-	return nil
+	res.Current, err = scanReservation(id, results.QueryRow())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		res.Current = res.Previous // held by another: nothing updated
+		return res, nil
+	case err != nil:
+		return ClaimResult{}, err
+	}
+	res.Granted = true
+	return res, nil
 }

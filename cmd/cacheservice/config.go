@@ -108,8 +108,10 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
 	fs.IntVar(&maxConns, "db-max-conns", maxConns, "maximum open database connections")
 	fs.DurationVar(&cfg.Store.Timeout, "db-timeout", cfg.Store.Timeout, "deadline of every database call")
-	fs.DurationVar(&cfg.Manager.MaxHeartbeat, "max-heartbeat", cfg.Manager.MaxHeartbeat, "longest reservation heartbeat interval granted, and the one given when a request sets none")
-	fs.Float64Var(&cfg.Manager.GraceMultiplier, "grace-multiplier", cfg.Manager.GraceMultiplier, "heartbeat intervals a reservation lives without being extended (at least 1)")
+	fs.DurationVar(&cfg.Store.LockTimeout, "lock-timeout", cfg.Store.LockTimeout, "longest wait of a claim for a reservation's row lock before it answers unavailable; below --db-timeout (default at most half of it)")
+	fs.DurationVar(&cfg.Manager.MaxHeartbeat, "max-heartbeat", cfg.Manager.MaxHeartbeat, "longest reservation heartbeat interval granted, and the one given when a request sets none (at most 24h)")
+	fs.DurationVar(&cfg.Manager.MinHeartbeat, "min-heartbeat", cfg.Manager.MinHeartbeat, "shortest reservation heartbeat interval a request may set; shorter is invalid_argument")
+	fs.Float64Var(&cfg.Manager.GraceMultiplier, "grace-multiplier", cfg.Manager.GraceMultiplier, "heartbeat intervals a reservation lives without being extended (1 to 100)")
 	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
@@ -141,6 +143,11 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	}
 	if err := applyEnv(fs, env); err != nil {
 		return Config{}, err
+	}
+	if !isSet(fs, "lock-timeout") {
+		// The default must stay below a short --db-timeout, or setting that
+		// alone would be refused.
+		cfg.Store.LockTimeout = min(cfg.Store.LockTimeout, cfg.Store.Timeout/2)
 	}
 	if maxConns < 1 || maxConns > math.MaxInt32 {
 		return Config{}, fmt.Errorf("%s must be at least 1, got %d", opt("db-max-conns"), maxConns)
@@ -180,6 +187,14 @@ func applyEnv(fs *flag.FlagSet, env lookupEnv) error {
 	return err
 }
 
+// isSet reports whether a flag was given, on the command line or by its
+// environment variable.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -196,11 +211,9 @@ func (c Config) validate() error {
 	_, _, err := net.SplitHostPort(c.Addr)
 	check(err == nil, "%s %q: want host:port, such as 127.0.0.1:8094", opt("addr"), c.Addr)
 	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
-	check(c.Store.Timeout > 0, "%s must be positive, got %v", opt("db-timeout"), c.Store.Timeout)
-	check(c.Manager.MaxHeartbeat > 0, "%s must be positive, got %v", opt("max-heartbeat"), c.Manager.MaxHeartbeat)
-	check(c.Manager.GraceMultiplier >= 1 && !math.IsInf(c.Manager.GraceMultiplier, 0),
-		"%s must be a finite number of at least 1, got %v", opt("grace-multiplier"), c.Manager.GraceMultiplier)
-	check(c.Manager.MaxInlineBytes > 0, "%s must be positive, got %d", opt("max-inline-bytes"), c.Manager.MaxInlineBytes)
+	// The bounds of the store's, manager's and sweeper's settings are
+	// theirs; here they only learn the flag's full name.
+	errs = append(errs, flagErrors(c.Store.Validate(), c.Manager.Validate(), c.Sweep.Validate())...)
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
@@ -209,12 +222,30 @@ func (c Config) validate() error {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)
 		check(err == nil, "%s %q: want host:port, such as 127.0.0.1:9090", opt("metrics-addr"), c.MetricsAddr)
 	}
-	check(c.Sweep.Interval >= 0, "%s must not be negative, got %v", opt("sweep-interval"), c.Sweep.Interval)
-	check(c.Sweep.ReservationRetention >= 0, "%s must not be negative, got %v", opt("reservation-retention"), c.Sweep.ReservationRetention)
-	check(c.Sweep.EntryTTL >= 0, "%s must not be negative, got %v", opt("entry-ttl"), c.Sweep.EntryTTL)
-	check(c.Sweep.BatchSize >= 1, "%s must be at least 1, got %d", opt("sweep-batch-size"), c.Sweep.BatchSize)
 	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
 	return errors.Join(errs...)
+}
+
+// flagErrors rewrites the bound errors of the packages' Validate functions
+// (store.SettingErrors, joined) to name the flag and its variable.
+func flagErrors(validated ...error) []error {
+	var out []error
+	for _, err := range validated {
+		if err == nil {
+			continue
+		}
+		list := []error{err}
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			list = joined.Unwrap()
+		}
+		for _, e := range list {
+			if se, ok := errors.AsType[*store.SettingError](e); ok {
+				e = fmt.Errorf("%s %s", opt(se.Setting), se.Problem)
+			}
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // opt names a flag and its environment variable for a message.

@@ -23,6 +23,7 @@ func env(vars map[string]string) lookupEnv {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
+	t.Parallel()
 	got, err := parseConfig(nil, noEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -30,8 +31,8 @@ func TestParseConfigDefaults(t *testing.T) {
 	want := Config{
 		Addr:            "127.0.0.1:8094",
 		DataDir:         ".cacheservice",
-		Store:           store.Config{MaxConns: 10, Timeout: 5 * time.Second},
-		Manager:         manager.Config{MaxHeartbeat: 10 * time.Second, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
+		Store:           store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
+		Manager:         manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
 		MaxRequestBytes: 4 << 20,
 		ShutdownTimeout: 15 * time.Second,
 		LogLevel:        slog.LevelInfo,
@@ -48,6 +49,7 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		args  []string
@@ -69,7 +71,12 @@ func TestParseConfigPrecedence(t *testing.T) {
 			func(c Config) bool { return c.Manager.MaxInlineBytes == 512<<10 && c.MaxRequestBytes == 2<<20 }},
 		{"sub-second durations", []string{"--max-heartbeat", "1500ms"}, map[string]string{"CACHESERVICE_DB_TIMEOUT": "250ms"},
 			func(c Config) bool {
-				return c.Manager.MaxHeartbeat == 1500*time.Millisecond && c.Store.Timeout == 250*time.Millisecond
+				// The default lock timeout follows a short database timeout down.
+				return c.Manager.MaxHeartbeat == 1500*time.Millisecond && c.Store.Timeout == 250*time.Millisecond && c.Store.LockTimeout == 125*time.Millisecond
+			}},
+		{"lock and heartbeat bounds", []string{"--lock-timeout=300ms", "--min-heartbeat=1s"}, nil,
+			func(c Config) bool {
+				return c.Store.LockTimeout == 300*time.Millisecond && c.Manager.MinHeartbeat == time.Second
 			}},
 		{"CORS origins", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000,"},
 			func(c Config) bool {
@@ -86,6 +93,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := parseConfig(tt.args, env(tt.env), io.Discard)
 			if err != nil {
 				t.Fatal(err)
@@ -100,6 +108,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 // TestServeRejectsBadConfiguration checks that each bad value exits with
 // code 2 and one line naming the culprit, before anything starts.
 func TestServeRejectsBadConfiguration(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		args    []string
@@ -129,10 +138,25 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"negative retention", []string{"--reservation-retention=-1h"}, nil, "--reservation-retention"},
 		{"negative entry ttl", []string{"--entry-ttl=-1h"}, nil, "--entry-ttl"},
 		{"zero sweep batch", []string{"--sweep-batch-size=0"}, nil, "--sweep-batch-size"},
+		// Values that would break mutual exclusion (issue 8, defect 4): the
+		// lease arithmetic must never come near overflowing.
+		{"huge grace", []string{"--grace-multiplier=1e10"}, nil, "--grace-multiplier (CACHESERVICE_GRACE_MULTIPLIER) must be between 1 and 100"},
+		{"infinite grace", []string{"--grace-multiplier=+Inf"}, nil, "--grace-multiplier"},
+		{"huge heartbeat", []string{"--max-heartbeat=1000000h"}, nil, "--max-heartbeat (CACHESERVICE_MAX_HEARTBEAT) must be between"},
+		{"zero min heartbeat", []string{"--min-heartbeat=0s"}, nil, "--min-heartbeat"},
+		{"min heartbeat over max", []string{"--min-heartbeat=20s"}, nil, "--min-heartbeat (CACHESERVICE_MIN_HEARTBEAT) must be at least 1ms and at most max-heartbeat"},
+		{"huge db timeout", []string{"--db-timeout=1000000h"}, nil, "--db-timeout"},
+		{"lock timeout not below db timeout", []string{"--lock-timeout=5s"}, nil, "--lock-timeout (CACHESERVICE_LOCK_TIMEOUT) must be at least 1ms and below db-timeout"},
+		{"zero lock timeout", nil, map[string]string{"CACHESERVICE_LOCK_TIMEOUT": "0s"}, "--lock-timeout"},
+		{"tiny sweep interval", []string{"--sweep-interval=1ns"}, nil, "--sweep-interval"},
+		{"huge retention", []string{"--reservation-retention=900000h"}, nil, "--reservation-retention"},
+		{"huge entry ttl", []string{"--entry-ttl=900000h"}, nil, "--entry-ttl"},
+		{"huge sweep batch", []string{"--sweep-batch-size=1000000000"}, nil, "--sweep-batch-size"},
 		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, "CACHESERVICE_PPROF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			var stdout, stderr bytes.Buffer
 			code := cli(context.Background(), append([]string{"serve"}, tt.args...), env(tt.env), &stdout, &stderr)
 			if code != exitUsage {
@@ -150,11 +174,12 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 }
 
 func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
 		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
 	}
-	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "max-heartbeat",
+	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
 		"reservation-retention", "entry-ttl", "sweep-batch-size"} {
@@ -166,6 +191,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 }
 
 func TestCLIRejectsUnknownCommand(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serv"}, noEnv, &stdout, &stderr); code != exitUsage {
 		t.Fatalf("exit code %d, want %d", code, exitUsage)

@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sync"
-	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/cacheservice/cacheservice/internal/version"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/metrics"
 	"github.com/cacheservice/cacheservice/tracing"
@@ -40,7 +40,7 @@ func newOperations(ctx context.Context, cfg Config, db *database, logger *slog.L
 		ops.metrics.WatchEmbeddedPostgres(db.embedded)
 	}
 	var err error
-	ops.tracing, err = tracing.New(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, Logger: logger})
+	ops.tracing, err = tracing.New(ctx, tracing.Config{Endpoint: cfg.OTLPEndpoint, ServiceVersion: version.String(), Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
@@ -85,7 +85,7 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	if ops.cfg.Sweep.Interval > 0 {
-		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep, time.Now) })
+		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep) })
 	}
 	return nil
 }

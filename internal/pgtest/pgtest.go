@@ -1,7 +1,9 @@
 // Package pgtest gives tests a real PostgreSQL: one throwaway embedded cluster per test binary (or
 // the server named by CACHESERVICE_TEST_DATABASE_URL), a template database prepared once, and a
-// fresh clone of it for each test that asks. It is for tests only: production code must not
-// import it, and it must not know the schema (the prepare function passed to Main does).
+// fresh clone of it for each test that asks, whose clock a test can move (SetClockOffset,
+// WithClockOffset). It is for tests only: production code must not import it, and it must not
+// know the schema (the prepare function passed to Main does) beyond the name of the clock's
+// test setting.
 package pgtest
 
 import (
@@ -20,6 +22,7 @@ import (
 
 	"github.com/cacheservice/cacheservice/internal/embeddedpg"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // URLEnv names an external server to use instead of an embedded cluster. Several test binaries
@@ -97,15 +100,6 @@ func NewDatabase(t testing.TB) string {
 		}
 	})
 	return withDatabase(h.adminURL, name)
-}
-
-// Server returns the embedded server (nil when an external URL is used), so tests can stop and
-// restart PostgreSQL to simulate outages. Such tests must not run in parallel with others.
-func Server() *embeddedpg.Server {
-	if current == nil {
-		return nil
-	}
-	return current.server
 }
 
 func setUp(prepare func(ctx context.Context, connString string) error) (_ *harness, err error) {
@@ -254,4 +248,56 @@ func withDatabase(connString, database string) string {
 	}
 	// A later keyword overrides an earlier one; our names need no quoting.
 	return connString + " dbname=" + database
+}
+
+// ClockOffsetSetting is the session setting that the schema's clock function adds to the
+// database's clock (store/migrations/003_cache_now.sql). Only tests set it: they move time this
+// way instead of sleeping or passing times in.
+const ClockOffsetSetting = "cacheservice.clock_offset"
+
+// WithClockOffset returns connString for sessions whose clock runs d ahead of the database's
+// (behind, when d is negative), sent as a startup parameter: a replica whose view of time is
+// skewed, or a pool a test opens after moving time. It wins over SetClockOffset.
+func WithClockOffset(connString string, d time.Duration) string {
+	value := offsetValue(d)
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		if u, err := url.Parse(connString); err == nil {
+			q := u.Query()
+			q.Set(ClockOffsetSetting, value)
+			u.RawQuery = q.Encode()
+			return u.String()
+		}
+	}
+	return connString + " " + ClockOffsetSetting + "=" + value
+}
+
+// SetClockOffset makes the clock of every new session of connString's database run d ahead of
+// the database's (ALTER DATABASE ... SET; offsets replace, they do not add up), then resets
+// pools so that their connections reconnect and see it. Call it between operations: a pool's
+// connection in use is replaced only when it is released.
+func SetClockOffset(t testing.TB, connString string, d time.Duration, pools ...*pgxpool.Pool) {
+	t.Helper()
+	h := current
+	if h == nil {
+		t.Fatal("pgtest: SetClockOffset needs TestMain to call pgtest.Main")
+	}
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		t.Fatalf("pgtest: parse connection string: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// ALTER DATABASE takes no parameters; the value is ours and needs no quoting beyond this.
+	sql := fmt.Sprintf("ALTER DATABASE %s SET %s = '%s'", ident(cfg.Database), ClockOffsetSetting, offsetValue(d))
+	if err := h.exec(ctx, sql); err != nil {
+		t.Fatalf("pgtest: set clock offset: %v", err)
+	}
+	for _, p := range pools {
+		p.Reset()
+	}
+}
+
+// offsetValue spells d as an interval PostgreSQL reads back to the microsecond.
+func offsetValue(d time.Duration) string {
+	return fmt.Sprintf("%dus", d.Microseconds())
 }

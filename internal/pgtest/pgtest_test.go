@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"sync"
 	"testing"
@@ -92,32 +93,48 @@ func TestNewDatabaseIsDroppedAtCleanup(t *testing.T) {
 	}
 }
 
-// TestServerSimulatesOutage stops and restarts the cluster; it must not run in parallel.
-func TestServerSimulatesOutage(t *testing.T) {
-	s := pgtest.Server()
-	if s == nil {
-		t.Skip("an external server cannot be stopped from a test")
-	}
-	connString := pgtest.NewDatabase(t)
-	if err := s.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pgx.Connect(t.Context(), connString); err == nil {
-		t.Fatal("connected while the server was stopped")
-	}
-	if err := s.Restart(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if got := fmt.Sprint(widgets(t, connect(t, connString))); got != "[seed]" {
-		t.Errorf("after restart: %s", got)
-	}
-}
-
 func BenchmarkNewDatabase(b *testing.B) {
 	var mu sync.Mutex
 	for b.Loop() {
 		mu.Lock()
 		pgtest.NewDatabase(b)
 		mu.Unlock()
+	}
+}
+
+// TestClockOffsetReachesSessions checks that both ways of moving the clock
+// reach a session's setting, in both forms of connection string, and that a
+// connection string's offset wins over the database's.
+func TestClockOffsetReachesSessions(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	setting := func(connString string) string {
+		t.Helper()
+		var v string
+		if err := connect(t, connString).QueryRow(t.Context(), "SELECT coalesce(current_setting($1, true), '')", pgtest.ClockOffsetSetting).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := setting(url); got != "" {
+		t.Fatalf("a new database's sessions have offset %q, want none", got)
+	}
+	pgtest.SetClockOffset(t, url, 90*time.Minute)
+	if got := setting(url); got != "5400000000us" {
+		t.Errorf("after SetClockOffset: %q, want 5400000000us", got)
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same database as a URL; the host goes in the query, where a unix
+	// socket directory may go too.
+	u := neturl.URL{Scheme: "postgres", User: neturl.UserPassword(cfg.User, cfg.Password), Host: fmt.Sprintf("localhost:%d", cfg.Port), Path: "/" + cfg.Database,
+		RawQuery: neturl.Values{"host": {cfg.Host}, "sslmode": {"disable"}}.Encode()}
+	asURL := u.String()
+	for _, cs := range []string{url, asURL} {
+		if got := setting(pgtest.WithClockOffset(cs, -time.Second)); got != "-1000000us" {
+			t.Errorf("WithClockOffset on %q: %q, want -1000000us, over the database's", cs, got)
+		}
 	}
 }

@@ -114,8 +114,9 @@ func (d *rpcDriver) Release(ctx context.Context, key, owner string) error {
 }
 
 // NewCeilingDriver returns the raw-pgx ceiling: the store's own statements
-// and transactions on a pool of its own, with the manager's one-line claim
-// decision inlined. What it cannot do faster, the service cannot either.
+// and transactions on a pool of its own (the claim decision runs in the
+// store's SQL, by the database's clock). What it cannot do faster, the
+// service cannot either.
 func NewCeilingDriver(st *store.Store) Driver {
 	return &ceilingDriver{store: st}
 }
@@ -134,26 +135,16 @@ func (d *ceilingDriver) Get(ctx context.Context, key string) error {
 }
 
 func (d *ceilingDriver) Put(ctx context.Context, key string, payload []byte, overwrite bool) error {
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	return d.store.PutEntry(ctx, store.Entry{ID: idOf(key), Inline: payload, CreatedAt: now, LastUpdatedAt: now},
-		store.Replace{Always: overwrite})
+	return d.store.PutEntry(ctx, store.Entry{ID: idOf(key), Inline: payload}, store.Replace{Always: overwrite})
 }
 
 func (d *ceilingDriver) Claim(ctx context.Context, key, owner string) (string, error) {
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	claim := store.Reservation{ID: idOf(key), OwnerID: owner, HeartbeatInterval: claimHeartbeat, ExpiresAt: now.Add(3 * claimHeartbeat)}
+	claim := store.Claim{ID: idOf(key), OwnerID: owner, HeartbeatInterval: claimHeartbeat, Lease: 3 * claimHeartbeat}
 	var holder string
 	err := d.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		current, created, err := tx.LockReservation(ctx, claim)
-		if err != nil {
-			return err
-		}
-		holder = current.OwnerID
-		if created || (current.OwnerID != owner && current.ExpiresAt.After(now)) {
-			return nil
-		}
-		holder = owner
-		return tx.UpdateReservation(ctx, claim)
+		res, err := tx.ClaimReservation(ctx, claim)
+		holder = res.Current.OwnerID
+		return err
 	})
 	return holder, err
 }
