@@ -131,7 +131,7 @@ func (b *testBundle) seedHot(t *testing.T, key string) {
 		t.Fatalf("seed %s: %v", key, err)
 	}
 	if _, err := c.GetOrExtendReservation(t.Context(), connect.NewRequest(&cachev1.GetOrExtendReservationRequest{
-		Scope: scope(), Key: key, OwnerId: "seed", HeartbeatInterval: durationpb.New(time.Millisecond)})); err != nil {
+		Scope: scope(), Key: key, OwnerId: "seed", HeartbeatInterval: durationpb.New(100 * time.Millisecond)})); err != nil {
 		t.Fatalf("seed reservation %s: %v", key, err)
 	}
 }
@@ -167,9 +167,9 @@ func TestDetachedStatementEndsWithinDBTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
 	err = st.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		_, _, err := tx.LockReservation(ctx, store.Reservation{
+		_, err := tx.ClaimReservation(ctx, store.Claim{
 			ID: store.ID{Org: "org", Project: "project", Domain: "domain", Key: "held"}, OwnerID: "late",
-			HeartbeatInterval: time.Second, ExpiresAt: time.Now().Add(time.Hour)})
+			HeartbeatInterval: time.Second, Lease: time.Hour})
 		return err
 	})
 	answered := time.Since(locked)

@@ -13,6 +13,11 @@ import (
 // repairTimeout bounds one repair: a fast shutdown and a start.
 const repairTimeout = 2 * time.Minute
 
+// exitGrace is how long a postmaster whose socket is gone is given to exit
+// on its own before it is stopped: a crashing one removes its socket first,
+// and its exit must count as unexpected, not as our stop.
+const exitGrace = time.Second
+
 // socketPath is the unix socket clients connect to.
 func (s *Server) socketPath() string {
 	return filepath.Join(s.sockDir, fmt.Sprintf(".s.PGSQL.%d", port))
@@ -90,6 +95,14 @@ func (s *Server) repair(ctx context.Context, reason string) {
 	s.cfg.Logger.Warn("embedded postgresql cannot be reached, restarting it", slog.String("reason", reason))
 	ctx, cancel := context.WithTimeout(ctx, repairTimeout)
 	defer cancel()
+	if p := s.current(); p != nil {
+		select {
+		case <-p.done:
+		case <-time.After(exitGrace):
+		case <-ctx.Done():
+			return
+		}
+	}
 	err := s.stopPostmaster(ctx)
 	if err == nil {
 		err = s.launch(ctx)
