@@ -54,6 +54,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// LogLevel is the least severe level logged.
 	LogLevel slog.Level
+	// LogLevelFile, when set, holds the log level, overriding LogLevel; it
+	// is read at start and again on SIGHUP.
+	LogLevelFile string
 	// LogFormat is "text" or "json".
 	LogFormat string
 	// MetricsAddr, when set, serves /metrics (and pprof) on a listener of
@@ -135,6 +138,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.LogLevelFile, "log-level-file", "", "`file` holding the log level (debug, info, warn or error), read at start and on SIGHUP; overrides --log-level")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log `format`: text or json")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")

@@ -16,9 +16,9 @@ import (
 // run serves the cache API on ln until ctx ends, then shuts down in order:
 // stop accepting and finish in-flight requests, close the pool, stop the
 // embedded PostgreSQL.
-func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) (err error) {
+func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, reloads *reloader) (err error) {
 	defer ln.Close()
-	sec, err := newSecurity(ctx, cfg, logger)
+	sec, err := newSecurity(ctx, cfg, logger, reloads)
 	if err != nil {
 		return err
 	}
