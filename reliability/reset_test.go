@@ -49,6 +49,7 @@ func TestResetStreamsAreCanceledNotServerTrouble(t *testing.T) {
 			return &cachev1.PutRequest{Scope: scope(), Key: fmt.Sprintf("p%d", i%7), Output: uriOf("s3://p"), Overwrite: true}
 		}},
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -122,12 +123,19 @@ func TestResetStreamsAreCanceledNotServerTrouble(t *testing.T) {
 	if canceled == 0 {
 		t.Errorf("no reset call counted as code=canceled")
 	}
-	for i, w := range warns {
-		if i == 5 {
-			t.Errorf("... %d WARN lines in all", len(warns))
-			break
+	// net/http's own connection errors (its rapid-reset guard may answer a
+	// reset flood with ENHANCE_YOUR_CALM) warn at most 10 times per 10s;
+	// no failed call warns at all.
+	httpWarns := 0
+	for _, w := range warns {
+		if w["source"] == "net/http" {
+			httpWarns++
+			continue
 		}
 		t.Errorf("WARN line for a client's cancel: %v", w)
+	}
+	if httpWarns > 10*(1+int(time.Since(start)/(10*time.Second))) {
+		t.Errorf("%d WARN lines from net/http, want at most 10 per 10s", httpWarns)
 	}
 	if errs := srv.logsAt("ERROR"); len(errs) > 0 {
 		t.Errorf("%d ERROR lines, first: %v", len(errs), errs[0])
