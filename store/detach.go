@@ -93,7 +93,10 @@ func (r detachedRow) Scan(dest ...any) error {
 // deadline, and holds its connection at most that long.
 //
 // A caller whose deadline leaves less than MinDeadline never reaches the
-// pool (see MinDeadline).
+// pool (see MinDeadline). Nor does one that gives up while it waits for a
+// connection: giving up a checkout costs nothing, and work for callers who
+// have left would otherwise queue for the pool ahead of live callers, so a
+// storm of cancelled calls starved the ones that stayed.
 func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
 	if err := tooLate(ctx); err != nil {
 		return err
@@ -101,27 +104,42 @@ func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *p
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	if ctx.Done() == nil { // nothing can cancel the caller: no goroutine needed
 		defer cancel()
-		return s.withConn(opCtx, op)
+		return s.withConn(opCtx, opCtx, op)
 	}
+	// The checkout ends with the caller or with the store's deadline.
+	acquireCtx, stopAcquire := context.WithCancel(opCtx)
+	stopAfter := context.AfterFunc(ctx, stopAcquire)
 	done := make(chan error, 1)
 	go func() {
 		defer cancel()
-		done <- s.withConn(opCtx, op)
+		defer stopAcquire()
+		defer stopAfter()
+		done <- s.withConn(acquireCtx, opCtx, op)
 	}()
 	select {
 	case err := <-done:
+		if errors.Is(err, errLeftInQueue) {
+			return gaveUp(ctx)
+		}
 		return err
 	case <-ctx.Done():
 		select {
 		case err := <-done: // finished just as the caller gave up: keep the answer
-			return err
-		default:
-			if cause := context.Cause(ctx); errors.Is(cause, errStoreDeadline) {
-				return cause // the store's deadline, not the caller's: unavailable
+			if !errors.Is(err, errLeftInQueue) {
+				return err
 			}
-			return ctx.Err()
+		default:
 		}
+		return gaveUp(ctx)
 	}
+}
+
+// gaveUp is the answer to a caller whose context ended before its call did.
+func gaveUp(ctx context.Context) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errStoreDeadline) {
+		return cause // the store's deadline, not the caller's: unavailable
+	}
+	return ctx.Err()
 }
 
 // tooLate returns the caller's context error if it has ended, or after
@@ -140,11 +158,19 @@ func tooLate(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// withConn runs op on a connection from acquire and releases it. Release
-// discards a connection left inside a transaction or broken.
-func (s *Store) withConn(ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
-	conn, err := s.acquire(ctx)
+// errLeftInQueue is withConn's answer when its checkout was stopped because
+// the caller gave up: detach answers the caller's own context error.
+var errLeftInQueue = errors.New("caller left while waiting for a connection")
+
+// withConn runs op on a connection from acquire (within acquireCtx) and
+// releases it. Once op holds the connection it runs within ctx alone.
+// Release discards a connection left inside a transaction or broken.
+func (s *Store) withConn(acquireCtx, ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
+	conn, err := s.acquire(acquireCtx)
 	if err != nil {
+		if acquireCtx.Err() != nil && ctx.Err() == nil {
+			return errLeftInQueue
+		}
 		return classify("acquire connection", err)
 	}
 	defer conn.Release()
