@@ -37,7 +37,8 @@ func newFlyteHandler(m *manager.Manager, h Handlers, opts ...connect.HandlerOpti
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return flytecachev2connect.NewCacheServiceHandler(impl, opts...)
+	path, handler := flytecachev2connect.NewCacheServiceHandler(impl, opts...)
+	return path, withStack(handler)
 }
 
 // flyteService implements Flyte's generated handler interface.

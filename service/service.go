@@ -48,7 +48,8 @@ func newCacheHandler(m *manager.Manager, h Handlers, opts ...connect.HandlerOpti
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return cachev1connect.NewCacheServiceHandler(impl, opts...)
+	path, handler := cachev1connect.NewCacheServiceHandler(impl, opts...)
+	return path, withStack(handler)
 }
 
 // cacheService implements the generated handler interface.
