@@ -24,6 +24,8 @@ const (
 	exitUsage = 2
 )
 
+// main stops gracefully on SIGINT or SIGTERM; SIGHUP reloads what can be
+// reloaded (see reloader) and never stops it.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -38,6 +40,9 @@ const usage = `cacheservice stores workflow task outputs and coordinates who com
 
 Usage:
   cacheservice serve [flags]   serve the API (see cacheservice serve -help)
+  cacheservice import-flyte --from URL [flags]
+                               copy a Flyte cache service database into ours
+                               (see cacheservice import-flyte -help)
   cacheservice help            show this help
 `
 
@@ -50,6 +55,8 @@ func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 	switch args[0] {
 	case "serve":
 		return serveCommand(ctx, args[1:], env, stdout, stderr)
+	case "import-flyte":
+		return importFlyteCommand(ctx, args[1:], env, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -70,13 +77,25 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
 		return exitUsage
 	}
-	logger := newLogger(stderr, cfg)
+	if why := cfg.exposed(); why != "" {
+		fmt.Fprintf(stderr, "cacheservice: %s\n", why)
+		return exitUsage
+	}
+	level, err := initialLogLevel(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "cacheservice: %v\n", oneLine(err))
+		return exitUsage
+	}
+	logger := newLeveledLogger(stderr, cfg.LogFormat, level)
+	reloads := &reloader{}
+	reloads.add("log level", logLevelReload(cfg, level))
+	defer reloads.watch(ctx, logger)()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		fmt.Fprintf(stderr, "cacheservice: %v\n", err)
 		return exitFail
 	}
-	if err := run(ctx, cfg, logger, ln); err != nil {
+	if err := run(ctx, cfg, logger, ln, reloads); err != nil {
 		fmt.Fprintf(stderr, "cacheservice: %v\n", oneLine(err))
 		return exitFail
 	}
