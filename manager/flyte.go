@@ -199,19 +199,15 @@ func flyteOutputOf(e store.Entry) (*flytecache.CachedOutput, bool) {
 	return out, true
 }
 
-// flyteSourceOf decodes the stored Flyte source identifier. It is trusted
-// only while its name and version match the entry's source: a replica of the
-// previous version, during a rolling upgrade, overwrites the entry without
-// knowing the column, and then the identifier describes an older write.
+// flyteSourceOf decodes the stored Flyte source identifier. The store hands
+// it over only while no replica of the previous version has overwritten the
+// entry since it was stored (migration 004), so it describes this write.
 func flyteSourceOf(e store.Entry) (*flytecore.Identifier, bool) {
 	if e.FlyteSource == nil {
 		return nil, false
 	}
 	src := &flytecore.Identifier{}
 	if err := proto.Unmarshal(e.FlyteSource, src); err != nil {
-		return nil, false
-	}
-	if src.GetName() != e.SourceName || src.GetVersion() != e.SourceVersion {
 		return nil, false
 	}
 	return src, true
