@@ -49,17 +49,25 @@ func (m *Manager) FlyteGet(ctx context.Context, req *flytecachev2.GetCacheReques
 }
 
 // FlytePut answers Flyte's Put with our Put's rules: atomic, ALREADY_EXISTS
-// unless overwrite is set or the entry is older than max_age, server
-// timestamps, created_at kept on replace.
+// unless overwrite is set or the entry is older than max_age (a set zero
+// max_age is an overwrite, as in Flyte's service), server timestamps,
+// created_at kept on replace.
 func (m *Manager) FlytePut(ctx context.Context, req *flytecachev2.PutCacheRequest) (*flytecache.PutCacheResponse, error) {
 	base := req.GetBaseRequest()
 	out := base.GetOutput()
 	src := out.GetMetadata().GetSourceIdentifier()
+	overwrite, maxAge := base.GetOverwrite().GetOverwrite(), base.GetOverwrite().GetMaxAge()
+	if maxAge != nil && maxAge.GetSeconds() == 0 && maxAge.GetNanos() == 0 {
+		// Flyte's service replaces an entry older than max_age, and
+		// every entry is older than zero: a zero max_age is an
+		// overwrite there, so it is one here (ours refuses zero).
+		overwrite, maxAge = true, nil
+	}
 	ours := &cachev1.PutRequest{
 		Scope:     flyteScope(req.GetIdentifier()),
 		Key:       base.GetKey(),
-		Overwrite: base.GetOverwrite().GetOverwrite(),
-		MaxAge:    base.GetOverwrite().GetMaxAge(),
+		Overwrite: overwrite,
+		MaxAge:    maxAge,
 		Output: &cachev1.CachedOutput{Metadata: &cachev1.Metadata{
 			Labels: out.GetMetadata().GetKeyMap().GetValues(),
 		}},

@@ -118,3 +118,23 @@ func TestFlyteGetDistrustsSourceAfterPreviousVersionOverwrite(t *testing.T) {
 		wantCode(t, err, connect.CodeNotFound)
 	}
 }
+
+// TestFlytePutZeroMaxAgeReplaces: Flyte's service replaces an entry older
+// than max_age, and every entry is older than zero, so a set zero max_age
+// replaces what is there (our own API refuses zero).
+func TestFlytePutZeroMaxAgeReplaces(t *testing.T) {
+	t.Parallel()
+	b := setupFlyte(t)
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://2", &flytecache.OverwriteOutput{MaxAge: durationpb.New(0)})); err != nil {
+		t.Fatalf("Put with max_age 0: %v", err)
+	}
+	if out, err := b.get(t, "k"); err != nil || out.GetOutputUri() != "s3://2" {
+		t.Fatalf("Get = %v, %v; want s3://2", out, err)
+	}
+	// Unset max_age and no overwrite, as Flyte's executor sends: refused.
+	_, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://3", &flytecache.OverwriteOutput{}))
+	wantCode(t, err, connect.CodeAlreadyExists)
+}

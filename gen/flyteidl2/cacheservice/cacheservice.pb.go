@@ -361,6 +361,9 @@ type OverwriteOutput struct {
 	// rather than silently leaving the blob in place.
 	DeleteBlob bool `protobuf:"varint,2,opt,name=delete_blob,json=deleteBlob,proto3" json:"delete_blob,omitempty"`
 	// max_age replaces an existing entry last updated longer ago than this.
+	// Zero is allowed, as Flyte's own service allows it: every existing entry
+	// is older than zero, so it replaces whatever is there, like overwrite.
+	// (Flyte's executor leaves max_age unset.)
 	MaxAge        *durationpb.Duration `protobuf:"bytes,3,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -910,7 +913,7 @@ const file_flyteidl2_cacheservice_cacheservice_proto_rawDesc = "" +
 	"\toverwrite\x18\x01 \x01(\bR\toverwrite\x12(\n" +
 	"\vdelete_blob\x18\x02 \x01(\bB\a\xbaH\x04j\x02\b\x00R\n" +
 	"deleteBlob\x12<\n" +
-	"\amax_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x02*\x00R\x06maxAge\"\xc7\x01\n" +
+	"\amax_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x06maxAge\"\xc7\x01\n" +
 	"\x0fPutCacheRequest\x12'\n" +
 	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x12D\n" +
 	"\x06output\x18\x02 \x01(\v2$.flyteidl2.cacheservice.CachedOutputB\x06\xbaH\x03\xc8\x01\x01R\x06output\x12E\n" +
