@@ -198,6 +198,10 @@ func printSummary(w io.Writer, s flyteimport.Summary) {
 	if s.FromKeyOnly > 0 {
 		fmt.Fprintf(w, "  %d of the entries had no metadata placing them, and were placed by their key alone\n", s.FromKeyOnly)
 	}
+	if s.NoSource > 0 {
+		fmt.Fprintf(w, "  %d of the entries have no source identifier: Flyte's API answers them not_found, "+
+			"and its non-overwriting Put of their keys already_exists, until Flyte overwrites them\n", s.NoSource)
+	}
 	switch {
 	case s.Reservations < 0:
 		fmt.Fprintln(w, "  reservations: none (no cache_service_reservations table)")

@@ -15,6 +15,7 @@ import (
 
 	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
 	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
+	"github.com/cacheservice/cacheservice/internal/flyteimport"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
@@ -167,5 +168,22 @@ func TestImportFlyteCommandRefusesADatabaseThatIsNotFlytes(t *testing.T) {
 	code, _, errOut := runImport(t, "--from", pgtest.NewDatabase(t), "--database-url", pgtest.NewDatabase(t))
 	if code != exitFail || !strings.Contains(errOut, "no cache_service_outputs table") {
 		t.Fatalf("exit %d, stderr %q; want exit 1 saying it is not Flyte's database", code, errOut)
+	}
+}
+
+// TestImportFlyteSummaryCountsRowsWithoutSource: imported rows without a
+// source identifier are misses for Flyte's API that still block its
+// non-overwriting Puts; the summary counts them apart.
+func TestImportFlyteSummaryCountsRowsWithoutSource(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	printSummary(&out, flyteimport.Summary{Read: 3, Imported: 3, NoSource: 2})
+	if want := "2 of the entries have no source identifier: Flyte's API answers them not_found"; !strings.Contains(out.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	printSummary(&out, flyteimport.Summary{Read: 3, Imported: 3})
+	if strings.Contains(out.String(), "no source identifier") {
+		t.Errorf("summary mentions rows without source when there are none:\n%s", out.String())
 	}
 }

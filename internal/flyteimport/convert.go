@@ -67,6 +67,9 @@ func (c *converter) convertAll(rows []flyteRow) prepared {
 			if r.fromKey {
 				p.fromKeyOnly++
 			}
+			if r.entry.FlyteSource == nil {
+				p.noSource++
+			}
 		}
 	}
 	return p
