@@ -101,7 +101,7 @@ func (s *Store) CountEntries(ctx context.Context, ids []ID) (int64, error) {
 		JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(o, p, d, k)
 			ON (e.org, e.project, e.domain, e.key) = (t.o, t.p, t.d, t.k)`,
 		orgs, projects, domains, keys).Scan(&count)
-	if isUndefinedTable(err) {
+	if IsUndefinedTable(err) {
 		return 0, nil // a database not migrated yet holds no entries
 	}
 	if err != nil {
@@ -110,7 +110,10 @@ func (s *Store) CountEntries(ctx context.Context, ids []ID) (int64, error) {
 	return count, nil
 }
 
-func isUndefinedTable(err error) bool {
+// IsUndefinedTable reports whether err is PostgreSQL's "relation does not
+// exist": a database not migrated yet, or (for the Flyte importer) not
+// Flyte's.
+func IsUndefinedTable(err error) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	return ok && pgErr.Code == pgerrcode.UndefinedTable
 }

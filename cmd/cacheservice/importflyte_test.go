@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -185,5 +186,32 @@ func TestImportFlyteSummaryCountsRowsWithoutSource(t *testing.T) {
 	printSummary(&out, flyteimport.Summary{Read: 3, Imported: 3})
 	if strings.Contains(out.String(), "no source identifier") {
 		t.Errorf("summary mentions rows without source when there are none:\n%s", out.String())
+	}
+}
+
+// TestImportFlyteConfigUsesServesDefaultsAndBounds: import-flyte finds and
+// stops our database as serve does, and its --db-timeout has the store's
+// bounds.
+func TestImportFlyteConfigUsesServesDefaultsAndBounds(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseImportConfig([]string{"--from", "postgres://x"}, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := defaultConfig()
+	if cfg.db.DataDir != def.DataDir || cfg.db.ShutdownTimeout != def.ShutdownTimeout {
+		t.Errorf("data dir %q, shutdown timeout %v; want serve's %q and %v", cfg.db.DataDir, cfg.db.ShutdownTimeout, def.DataDir, def.ShutdownTimeout)
+	}
+	if err := cfg.db.Store.Validate(); err != nil {
+		t.Errorf("default store config is invalid: %v", err)
+	}
+	for _, bad := range []string{"10h", "0s", "-1s"} {
+		_, err := parseImportConfig([]string{"--from", "postgres://x", "--db-timeout", bad}, noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--db-timeout") {
+			t.Errorf("--db-timeout %s: err = %v; want it refused by name", bad, err)
+		}
+	}
+	if _, err := parseImportConfig([]string{"--from", "postgres://x", "--db-timeout", "100ms"}, noEnv, io.Discard); err != nil {
+		t.Errorf("--db-timeout 100ms: %v", err)
 	}
 }
