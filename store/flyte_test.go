@@ -59,6 +59,18 @@ func previousPutEntry(ctx context.Context, conn *pgx.Conn, e store.Entry) error 
 	return err
 }
 
+// previousVersionConn is a connection of its own, standing for a replica of
+// the previous version.
+func previousVersionConn(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
 // literalBytes stands for a serialized LiteralMap; the store never parses it.
 var literalBytes = []byte{0x0a, 0x07, 0x0a, 0x01, 'o', 0x12, 0x02, 0x08, 0x01}
 
@@ -117,11 +129,7 @@ func TestEmptyLiteralMapIsALiteralEntry(t *testing.T) {
 func TestPreviousVersionServesLiteralEntryByItsBytes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	conn, err := pgx.Connect(b.ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := previousVersionConn(t, b.url)
 	id := store.ID{"o", "p", "d", "lit"}
 	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01}}, store.Replace{}); err != nil {
 		t.Fatal(err)
@@ -141,11 +149,7 @@ func TestPreviousVersionServesLiteralEntryByItsBytes(t *testing.T) {
 func TestPreviousVersionOverwriteUnmarksLiterals(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	conn, err := pgx.Connect(b.ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := previousVersionConn(t, b.url)
 	for _, tc := range []struct {
 		name string
 		over store.Entry
@@ -186,11 +190,7 @@ func TestPreviousVersionOverwriteUnmarksLiterals(t *testing.T) {
 func TestPreviousVersionOverwriteOfSameTaskUnbindsFlyteSource(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	conn, err := pgx.Connect(b.ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := previousVersionConn(t, b.url)
 	id := store.ID{"o", "p", "d", "same"}
 	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01},
 		SourceName: "n", SourceVersion: "v"}, store.Replace{}); err != nil {
