@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,4 +53,133 @@ func scanReservation(id ID, row pgx.Row) (Reservation, error) {
 	r.HeartbeatInterval = time.Duration(heartbeatNS)
 	r.ExpiresAt = r.ExpiresAt.UTC()
 	return r, nil
+}
+
+// ClaimReservation decides c as Tx.ClaimReservation does, taking the row
+// lock only when the claimant may become or stay the owner.
+//
+// Most claimants of a busy key only learn that someone else holds it; when
+// each of them took the row lock they queued behind one another, one lock
+// hold at a time. Here the first round trip, outside any transaction,
+// inserts the reservation if the key has none (INSERT ... ON CONFLICT DO
+// NOTHING: of two first-comers exactly one inserts) and reads the row with
+// whether it is live by the database's clock, in one statement. An insert
+// that won, or a live row held by another, is the answer. Only a row that
+// is the claimant's own or has expired goes on to the locked transaction,
+// which re-decides everything after the lock is held, as
+// Tx.ClaimReservation does.
+//
+// The plain read is consistent on its own: its snapshot S precedes the
+// clock reading T of the same statement, and only the holder can extend an
+// unexpired reservation, so a row held by another with expires_at > T was
+// held by that owner, unexpired, at S. The answer "held by another" is true
+// at S, whatever happened after (a release, or a takeover once it expired).
+func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, error) {
+	for range lockAttempts {
+		res, decided, err := s.claimUnlocked(ctx, c)
+		if err != nil || decided {
+			return res, err
+		}
+		err = s.InTx(ctx, func(ctx context.Context, tx *Tx) error {
+			res, err = tx.claimLocked(ctx, c)
+			return err
+		})
+		if errors.Is(err, ErrNotFound) {
+			continue // released between our read and our lock
+		}
+		return res, err
+	}
+	return ClaimResult{}, fmt.Errorf("claim reservation: row kept vanishing after %d attempts", lockAttempts)
+}
+
+// claimUnlocked is ClaimReservation's first round trip: it reports decided
+// when the insert won or the row is live and another's.
+func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, decided bool, err error) {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	id := c.ID
+	// One pipeline, one implicit transaction: the insert commits at its end.
+	// The SELECT runs after the INSERT, so it sees the row either way.
+	b := &pgx.Batch{}
+	b.Queue(`
+		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
+		ON CONFLICT (org, project, domain, key) DO NOTHING
+		RETURNING owner_id, heartbeat_interval_ns, expires_at`,
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+	b.Queue(`
+		SELECT owner_id, heartbeat_interval_ns, expires_at, expires_at > cache_now()
+		FROM reservations
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
+		id.Org, id.Project, id.Domain, id.Key)
+	results := s.pool.SendBatch(ctx, b)
+	defer closeResults(results, &err)
+	inserted, err := scanReservation(id, results.QueryRow())
+	switch {
+	case err == nil:
+		return ClaimResult{Created: true, Previous: inserted, Granted: true, Current: inserted}, true, nil
+	case !errors.Is(err, ErrNotFound):
+		return ClaimResult{}, false, classify("insert reservation", err)
+	}
+	r := Reservation{ID: id}
+	var heartbeatNS int64
+	var live bool
+	err = results.QueryRow().Scan(&r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ClaimResult{}, false, nil // released after our insert saw it: lock and retry
+	}
+	if err != nil {
+		return ClaimResult{}, false, classify("read reservation", err)
+	}
+	r.HeartbeatInterval = time.Duration(heartbeatNS)
+	r.ExpiresAt = r.ExpiresAt.UTC()
+	if live && r.OwnerID != c.OwnerID {
+		return ClaimResult{Previous: r, Current: r}, true, nil
+	}
+	return ClaimResult{}, false, nil
+}
+
+// claimLocked is ClaimReservation's locked transaction for a row that
+// exists: lock it, decide and write by the database's clock after the lock
+// is held, and commit, all in one pipeline, so the lock is held for no
+// round trip at all. It returns ErrNotFound when the row has vanished.
+func (t *Tx) claimLocked(ctx context.Context, c Claim) (_ ClaimResult, err error) {
+	id := c.ID
+	b := &pgx.Batch{}
+	b.Queue(`
+		SELECT owner_id, heartbeat_interval_ns, expires_at
+		FROM reservations
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+		FOR UPDATE`,
+		id.Org, id.Project, id.Domain, id.Key)
+	b.Queue(`
+		UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+			AND (owner_id = $5 OR expires_at <= cache_now())
+		RETURNING owner_id, heartbeat_interval_ns, expires_at`,
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+	b.Queue("COMMIT")
+	results, err := t.send(ctx, b)
+	if err != nil {
+		return ClaimResult{}, classify("claim reservation", err)
+	}
+	defer closeResults(results, &err)
+	var res ClaimResult
+	if res.Previous, err = scanReservation(id, results.QueryRow()); err != nil {
+		return ClaimResult{}, err // ErrNotFound: vanished; the COMMIT ends the empty transaction
+	}
+	res.Current, err = scanReservation(id, results.QueryRow())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		res.Current = res.Previous // held by another: nothing updated
+	case err != nil:
+		return ClaimResult{}, err
+	default:
+		res.Granted = true
+	}
+	if _, err := results.Exec(); err != nil {
+		return ClaimResult{}, classify("commit", err)
+	}
+	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
+	return res, nil
 }
