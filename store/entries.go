@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ID is the identity of an entry or a reservation. Its parts stay separate
@@ -42,34 +44,66 @@ type Replace struct {
 	OlderThan time.Duration
 }
 
-// GetEntry returns the entry with the given ID, or ErrNotFound.
+// GetEntry returns the entry with the given ID, or ErrNotFound. Calls that
+// wait for a connection at the same moment are served by one statement
+// (getbatch.go), each with its own answer, error and deadline.
 func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	e := Entry{ID: id}
-	var uri *string
-	err := s.pool.QueryRow(ctx, `
-		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
-			-- A LiteralMap only while the digest matches: a previous
-			-- version's overwrite leaves a stale digest (migration 004).
-			literals_sha256 IS NOT NULL AND output_inline IS NOT NULL
-				AND literals_sha256 = sha256(output_inline),
-			flyte_source
-		FROM cache_entries
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
-		id.Org, id.Project, id.Domain, id.Key,
-	).Scan(&uri, &e.Inline, &e.SourceName, &e.SourceVersion, &e.Labels, &e.CreatedAt, &e.LastUpdatedAt,
-		&e.Literals, &e.FlyteSource)
-	if err != nil {
-		return Entry{}, classify("get entry", err)
-	}
+	return s.getEntry(ctx, id)
+}
+
+// entryColumns are the columns an Entry is read from, in scanInto's order.
+// The entry table's alias is e.
+const entryColumns = `e.output_uri, e.output_inline, e.source_name, e.source_version, e.labels, e.created_at, e.last_updated_at,
+	-- A LiteralMap only while the digest matches: a previous
+	-- version's overwrite leaves a stale digest (migration 004).
+	e.literals_sha256 IS NOT NULL AND e.output_inline IS NOT NULL
+		AND e.literals_sha256 = sha256(e.output_inline),
+	e.flyte_source`
+
+// entryRow receives one row of entryColumns.
+type entryRow struct {
+	e   Entry
+	uri *string
+}
+
+// dest is where Scan puts entryColumns.
+func (r *entryRow) dest() []any {
+	return []any{&r.uri, &r.e.Inline, &r.e.SourceName, &r.e.SourceVersion, &r.e.Labels, &r.e.CreatedAt, &r.e.LastUpdatedAt,
+		&r.e.Literals, &r.e.FlyteSource}
+}
+
+// entry is the scanned entry of id.
+func (r *entryRow) entry(id ID) Entry {
+	e := r.e
+	e.ID = id
 	e.CreatedAt, e.LastUpdatedAt = e.CreatedAt.UTC(), e.LastUpdatedAt.UTC()
-	if uri != nil {
-		e.URI = *uri
+	if r.uri != nil {
+		e.URI = *r.uri
 	} else if e.Inline == nil {
 		e.Inline = []byte{}
 	}
-	return e, nil
+	return e
+}
+
+// querier is a pool or one of its connections.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// getOne reads the entry of id alone.
+func getOne(ctx context.Context, q querier, id ID) (Entry, error) {
+	var r entryRow
+	err := q.QueryRow(ctx, `SELECT `+entryColumns+`
+		FROM cache_entries e
+		WHERE e.org = $1 AND e.project = $2 AND e.domain = $3 AND e.key = $4`,
+		id.Org, id.Project, id.Domain, id.Key,
+	).Scan(r.dest()...)
+	if err != nil {
+		return Entry{}, classify("get entry", err)
+	}
+	return r.entry(id), nil
 }
 
 // PutEntry inserts e, or replaces an existing entry as replace allows, in one

@@ -104,6 +104,7 @@ type Store struct {
 	pool        *pgxpool.Pool
 	timeout     time.Duration
 	lockTimeout time.Duration
+	gets        getQueue // Gets waiting for a connection, served together (getbatch.go)
 }
 
 // Open creates the connection pool. It does not contact the database; call
