@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ID is the identity of an entry or a reservation. Its parts stay separate
@@ -53,7 +54,7 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	return s.getEntry(ctx, id)
 }
 
-// entryColumns are the columns an Entry is read from, in scanInto's order.
+// entryColumns are the columns an Entry is read from, in dest's order.
 // The entry table's alias is e.
 const entryColumns = `e.output_uri, e.output_inline, e.source_name, e.source_version, e.labels, e.created_at, e.last_updated_at,
 	-- A LiteralMap only while the digest matches: a previous
@@ -90,6 +91,7 @@ func (r *entryRow) entry(id ID) Entry {
 // querier is a pool or one of its connections.
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // getOne reads the entry of id alone.
@@ -115,8 +117,17 @@ func getOne(ctx context.Context, q querier, id ID) (Entry, error) {
 func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	var uri *string
-	var inline []byte
+	if !replace.Always && replace.OlderThan <= 0 {
+		// Never replaces: Puts that queue for a connection share one
+		// INSERT (putbatch.go).
+		_, err := s.puts.do(ctx, s.pool, putOps, e)
+		return err
+	}
+	return putOne(ctx, s.pool, e, replace)
+}
+
+// putValues are e's output columns as the INSERTs bind them.
+func putValues(e Entry) (uri *string, inline []byte, labels map[string]string, literals bool) {
 	if e.URI != "" {
 		uri = &e.URI
 	} else {
@@ -125,10 +136,16 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 			inline = []byte{} // an empty inline output is still an output, not NULL
 		}
 	}
-	labels := e.Labels
+	labels = e.Labels
 	if labels == nil {
 		labels = map[string]string{}
 	}
+	return uri, inline, labels, e.Literals && uri == nil
+}
+
+// putOne stores e alone, as replace allows.
+func putOne(ctx context.Context, q querier, e Entry, replace Replace) error {
+	uri, inline, labels, literals := putValues(e)
 	var olderThan *time.Duration
 	if replace.OlderThan > 0 {
 		olderThan = &replace.OlderThan
@@ -136,7 +153,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	// The clock is read once, in a subquery, so created_at and
 	// last_updated_at of a new entry are equal and the max_age test compares
 	// against the same instant that is stored.
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := q.Exec(ctx, `
 		INSERT INTO cache_entries AS e
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
 			 literals_sha256, flyte_source)
@@ -154,7 +171,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 			flyte_source    = EXCLUDED.flyte_source
 		WHERE $10 OR e.last_updated_at < EXCLUDED.last_updated_at - $11::interval`,
 		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
-		replace.Always, olderThan, e.Literals && uri == nil, e.FlyteSource,
+		replace.Always, olderThan, literals, e.FlyteSource,
 	)
 	if err != nil {
 		return classify("put entry", err)

@@ -28,18 +28,21 @@ func oneConnStore(t *testing.T) *Store {
 	return s
 }
 
-// waitQueued waits, boundedly, until n Gets wait in s's queue.
-func waitQueued(t *testing.T, s *Store, n int) {
+// waitQueued waits, boundedly, until queued (read under s's queues' locks)
+// reports n calls waiting.
+func waitQueued(t *testing.T, s *Store, queued func() int, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		s.gets.mu.Lock()
-		queued := len(s.gets.waiting)
+		s.puts.mu.Lock()
+		got := queued()
+		s.puts.mu.Unlock()
 		s.gets.mu.Unlock()
-		if queued == n {
+		if got == n {
 			return
 		}
 	}
-	t.Fatalf("%d Gets never queued", n)
+	t.Fatalf("%d calls never queued", n)
 }
 
 // TestGetsThatQueuedShareOneStatement holds the pool's only connection
@@ -63,7 +66,7 @@ func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	for i, k := range keys {
 		wg.Go(func() { got[i], errs[i] = s.GetEntry(t.Context(), ID{"o", "p", "d", k}) })
 	}
-	waitQueued(t, s, len(keys))
+	waitQueued(t, s, func() int { return len(s.gets.waiting) }, len(keys))
 	held.Release()
 	wg.Wait()
 	for i, k := range keys {
@@ -102,13 +105,13 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 	for _, withBad := range []bool{false, true} {
 		cancelled, cancelIt := context.WithTimeout(t.Context(), 30*time.Second)
 		cancelIt()
-		calls := []*getCall{
-			{ctx: cancelled, id: ID{"o", "p", "d", "k1"}}, // first: its context lends the statement its values
-			{ctx: ctx, id: ID{"o", "p", "d", "k2"}},
-			{ctx: ctx, id: ID{"o", "p", "d", "missing"}},
+		calls := []*pending[ID, Entry]{
+			{ctx: cancelled, arg: ID{"o", "p", "d", "k1"}}, // first: its context lends the statement its values
+			{ctx: ctx, arg: ID{"o", "p", "d", "k2"}},
+			{ctx: ctx, arg: ID{"o", "p", "d", "missing"}},
 		}
 		if withBad {
-			calls = append(calls, &getCall{ctx: ctx, id: bad})
+			calls = append(calls, &pending[ID, Entry]{ctx: ctx, arg: bad})
 		}
 		for _, c := range calls {
 			c.done = make(chan struct{})
@@ -117,20 +120,20 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		getBatch(conn, calls)
+		s.gets.serve(conn, getOps, calls)
 		conn.Release()
 
-		if _, err := s.await(calls[0]); !errors.Is(err, context.Canceled) {
+		if _, err := s.gets.await(s.pool, getOps, calls[0]); !errors.Is(err, context.Canceled) {
 			t.Errorf("withBad=%v: cancelled caller got %v, want its cancellation", withBad, err)
 		}
-		if e, err := s.await(calls[1]); err != nil || e.URI != "s3://b/2" {
+		if e, err := s.gets.await(s.pool, getOps, calls[1]); err != nil || e.URI != "s3://b/2" {
 			t.Errorf("withBad=%v: k2 = %+v, %v; want its entry", withBad, e, err)
 		}
-		if _, err := s.await(calls[2]); !errors.Is(err, ErrNotFound) {
+		if _, err := s.gets.await(s.pool, getOps, calls[2]); !errors.Is(err, ErrNotFound) {
 			t.Errorf("withBad=%v: missing key: err = %v, want ErrNotFound", withBad, err)
 		}
 		if withBad {
-			if _, err := s.await(calls[3]); err == nil || err.Error() != aloneErr.Error() {
+			if _, err := s.gets.await(s.pool, getOps, calls[3]); err == nil || err.Error() != aloneErr.Error() {
 				t.Errorf("bad key in a batch: err = %v, want %v as alone", err, aloneErr)
 			}
 		}

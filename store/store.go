@@ -104,7 +104,8 @@ type Store struct {
 	pool        *pgxpool.Pool
 	timeout     time.Duration
 	lockTimeout time.Duration
-	gets        getQueue // Gets waiting for a connection, served together (getbatch.go)
+	gets        coalescer[ID, Entry]       // Gets waiting for a connection, served together (coalesce.go)
+	puts        coalescer[Entry, struct{}] // non-replacing Puts likewise
 }
 
 // Open creates the connection pool. It does not contact the database; call
