@@ -106,6 +106,7 @@ type Store struct {
 	lockTimeout time.Duration
 	gets        coalescer[ID, Entry]       // Gets waiting for a connection, served together (coalesce.go)
 	puts        coalescer[Entry, struct{}] // non-replacing Puts likewise
+	releases    coalescer[release, bool]   // and releases
 }
 
 // Open creates the connection pool. It does not contact the database; call
