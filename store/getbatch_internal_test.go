@@ -34,11 +34,9 @@ func waitQueued(t *testing.T, s *Store, queued func() int, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		s.gets.mu.Lock()
-		s.puts.mu.Lock()
 		s.releases.mu.Lock()
 		got := queued()
 		s.releases.mu.Unlock()
-		s.puts.mu.Unlock()
 		s.gets.mu.Unlock()
 		if got == n {
 			return
