@@ -106,16 +106,14 @@ func scanReservation(id ID, row pgx.Row) (Reservation, error) {
 //
 // Most claimants of a busy key only learn that someone else holds it; when
 // each of them took the row lock they queued behind one another, one lock
-// hold at a time. Here the first round trip, without an explicit
-// transaction, extends the claimant's own live lease if its row lock is
-// free, inserts the reservation if the key has none (INSERT ... ON
-// CONFLICT DO NOTHING: of two first-comers exactly one inserts), and reads
-// the row with whether it is live by the database's clock, in one
-// statement. An extension, an insert that won, or a live row held by
-// another is the answer. Only a row that has expired, or the claimant's own
-// whose lock someone holds, goes on to the locked transaction, which
-// re-decides everything after the lock is held, as Tx.ClaimReservation
-// does.
+// hold at a time. Here the first round trip, outside any transaction,
+// inserts the reservation if the key has none (INSERT ... ON CONFLICT DO
+// NOTHING: of two first-comers exactly one inserts) and reads the row with
+// whether it is live by the database's clock, in one statement. An insert
+// that won, or a live row held by another, is the answer. Only a row that
+// is the claimant's own or has expired goes on to the locked transaction,
+// which re-decides everything after the lock is held, as
+// Tx.ClaimReservation does.
 //
 // The plain read is consistent on its own: its snapshot S precedes the
 // clock reading T of the same statement, and only the holder can extend an
@@ -141,32 +139,14 @@ func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, err
 }
 
 // claimUnlocked is ClaimReservation's first round trip: it reports decided
-// when the holder extended its live lease, the insert won, or the row is
-// live and another's.
+// when the insert won or the row is live and another's.
 func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, decided bool, err error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
 	id := c.ID
-	// One pipeline, one implicit transaction that commits at its end; each
-	// statement sees what the ones before it wrote.
+	// One pipeline, one implicit transaction: the insert commits at its end.
+	// The SELECT runs after the INSERT, so it sees the row either way.
 	b := &pgx.Batch{}
-	// The holder of a live lease extends it (a heartbeat) if it gets the
-	// row lock without waiting; a lock held by someone else sends it to the
-	// locked transaction, whose wait the lock timeout bounds. Without a
-	// wait, the clock read here is the one after the lock.
-	b.Queue(`
-		WITH old AS (
-			SELECT org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at
-			FROM reservations
-			WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
-				AND owner_id = $5 AND expires_at > cache_now()
-			FOR UPDATE SKIP LOCKED
-		)
-		UPDATE reservations r SET heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
-		FROM old
-		WHERE r.org = old.org AND r.project = old.project AND r.domain = old.domain AND r.key = old.key
-		RETURNING old.owner_id, old.heartbeat_interval_ns, old.expires_at, r.owner_id, r.heartbeat_interval_ns, r.expires_at`,
-		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
 	b.Queue(`
 		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
@@ -180,19 +160,6 @@ func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, deci
 		id.Org, id.Project, id.Domain, id.Key)
 	results := s.pool.SendBatch(ctx, b)
 	defer closeResults(results, &err)
-
-	prev, cur := Reservation{ID: id}, Reservation{ID: id}
-	var prevNS, curNS int64
-	err = results.QueryRow().Scan(&prev.OwnerID, &prevNS, &prev.ExpiresAt, &cur.OwnerID, &curNS, &cur.ExpiresAt)
-	switch {
-	case err == nil:
-		prev.HeartbeatInterval, prev.ExpiresAt = time.Duration(prevNS), prev.ExpiresAt.UTC()
-		cur.HeartbeatInterval, cur.ExpiresAt = time.Duration(curNS), cur.ExpiresAt.UTC()
-		return ClaimResult{Previous: prev, Granted: true, Current: cur}, true, nil
-	case !errors.Is(err, pgx.ErrNoRows):
-		return ClaimResult{}, false, classify("extend reservation", err)
-	}
-
 	inserted, err := scanReservation(id, results.QueryRow())
 	switch {
 	case err == nil:
@@ -200,7 +167,6 @@ func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, deci
 	case !errors.Is(err, ErrNotFound):
 		return ClaimResult{}, false, classify("insert reservation", err)
 	}
-
 	r := Reservation{ID: id}
 	var heartbeatNS int64
 	var live bool
