@@ -185,6 +185,22 @@ func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, deci
 	return ClaimResult{}, false, nil
 }
 
+// lockReservationSQL locks a reservation's row and reads it as it is once
+// the lock is held.
+const lockReservationSQL = `
+	SELECT owner_id, heartbeat_interval_ns, expires_at
+	FROM reservations
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+	FOR UPDATE`
+
+// grantReservationSQL gives a locked reservation to $5 if $5 holds it or it
+// has expired, by the clock read now, after the lock.
+const grantReservationSQL = `
+	UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+		AND (owner_id = $5 OR expires_at <= cache_now())
+	RETURNING owner_id, heartbeat_interval_ns, expires_at`
+
 // claimLocked is ClaimReservation's locked transaction for a row that
 // exists: lock it, decide and write by the database's clock after the lock
 // is held, and commit, all in one pipeline, so the lock is held for no
@@ -192,18 +208,8 @@ func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, deci
 func (t *Tx) claimLocked(ctx context.Context, c Claim) (_ ClaimResult, err error) {
 	id := c.ID
 	b := &pgx.Batch{}
-	b.Queue(`
-		SELECT owner_id, heartbeat_interval_ns, expires_at
-		FROM reservations
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
-		FOR UPDATE`,
-		id.Org, id.Project, id.Domain, id.Key)
-	b.Queue(`
-		UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
-			AND (owner_id = $5 OR expires_at <= cache_now())
-		RETURNING owner_id, heartbeat_interval_ns, expires_at`,
-		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+	b.Queue(lockReservationSQL, id.Org, id.Project, id.Domain, id.Key)
+	b.Queue(grantReservationSQL, id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
 	b.Queue("COMMIT")
 	results, err := t.send(ctx, b)
 	if err != nil {
