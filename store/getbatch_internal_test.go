@@ -28,21 +28,18 @@ func oneConnStore(t *testing.T) *Store {
 	return s
 }
 
-// waitQueued waits, boundedly, until queued (read under s's queues' locks)
-// reports n calls waiting.
-func waitQueued(t *testing.T, s *Store, queued func() int, n int) {
+// waitQueued waits, boundedly, until n Gets wait in s's queue.
+func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		s.gets.mu.Lock()
-		s.releases.mu.Lock()
-		got := queued()
-		s.releases.mu.Unlock()
+		queued := len(s.gets.waiting)
 		s.gets.mu.Unlock()
-		if got == n {
+		if queued == n {
 			return
 		}
 	}
-	t.Fatalf("%d calls never queued", n)
+	t.Fatalf("%d Gets never queued", n)
 }
 
 // TestGetsThatQueuedShareOneStatement holds the pool's only connection
@@ -66,7 +63,7 @@ func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	for i, k := range keys {
 		wg.Go(func() { got[i], errs[i] = s.GetEntry(t.Context(), ID{"o", "p", "d", k}) })
 	}
-	waitQueued(t, s, func() int { return len(s.gets.waiting) }, len(keys))
+	waitQueued(t, s, len(keys))
 	held.Release()
 	wg.Wait()
 	for i, k := range keys {

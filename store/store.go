@@ -104,8 +104,7 @@ type Store struct {
 	pool        *pgxpool.Pool
 	timeout     time.Duration
 	lockTimeout time.Duration
-	gets        coalescer[ID, Entry]     // Gets waiting for a connection, served together (coalesce.go)
-	releases    coalescer[release, bool] // and releases
+	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
 }
 
 // Open creates the connection pool. It does not contact the database; call
