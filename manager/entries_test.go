@@ -179,7 +179,8 @@ func TestDelete(t *testing.T) {
 	wantCode(t, err, connect.CodeNotFound)
 }
 
-// TestScopesThatJoinAlikeStayApart is DESIGN.md's collision pair.
+// TestScopesThatJoinAlikeStayApart is the collision pair of
+// docs/ARCHITECTURE.md ("Identity").
 func TestScopesThatJoinAlikeStayApart(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

@@ -4,7 +4,7 @@
 // codes but knows no HTTP and no SQL; the store does the persistence.
 //
 // Time that decides anything is the database's clock, read by the store
-// (DESIGN.md, "One clock"): the manager passes durations, never instants, so
+// (docs/ARCHITECTURE.md, "The clock"): the manager passes durations, never instants, so
 // replicas agree and tests move time by moving that clock. Go's own clock is
 // for deadlines and metrics only.
 package manager
@@ -47,7 +47,7 @@ const (
 	MaxGraceMultiplier = 100
 )
 
-// DefaultConfig returns the limits of DESIGN.md.
+// DefaultConfig returns the default limits (docs/ARCHITECTURE.md, "Limits").
 func DefaultConfig() Config {
 	return Config{
 		MaxHeartbeat:    10 * time.Second,
@@ -123,9 +123,9 @@ func invalidArgument(field, format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
-// toConnectError maps a store error to the code of the DESIGN table with a
-// message safe for clients. Detail that could leak SQL or connection strings
-// goes to the log only.
+// toConnectError maps a store error to the code of the table in
+// docs/ARCHITECTURE.md ("Errors") with a message safe for clients. Detail
+// that could leak SQL or connection strings goes to the log only.
 func (m *Manager) toConnectError(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):

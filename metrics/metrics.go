@@ -102,9 +102,12 @@ func New() *Metrics {
 	return m
 }
 
-// Registry is where collectors of other parts (the pool, the embedded
-// database) are registered.
-func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+// Register adds collectors that other parts keep themselves (the
+// authenticator's counters, the TLS certificate's expiry), so that they are
+// served beside the server's own metrics.
+func (m *Metrics) Register(cs ...prometheus.Collector) {
+	m.registry.MustRegister(cs...)
+}
 
 // Handler serves the registry in the Prometheus exposition formats.
 func (m *Metrics) Handler() http.Handler {

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
 	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
@@ -32,24 +36,45 @@ import (
 // is what the database holds. Seeds live in testdata/fuzz/<target>; plain
 // `go test` runs them, `go test -fuzz=^FuzzPut$` explores.
 
-func FuzzGet(f *testing.F) {
-	fuzzRPC(f, "Get", func() request { return &cachev1.GetRequest{} }, checkGet)
-}
+func FuzzGet(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceGetProcedure) }
 
-func FuzzPut(f *testing.F) {
-	fuzzRPC(f, "Put", func() request { return &cachev1.PutRequest{} }, checkPut)
-}
+func FuzzPut(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServicePutProcedure) }
 
-func FuzzDelete(f *testing.F) {
-	fuzzRPC(f, "Delete", func() request { return &cachev1.DeleteRequest{} }, checkDelete)
-}
+func FuzzDelete(f *testing.F) { fuzzRPC(f, cachev1connect.CacheServiceDeleteProcedure) }
 
 func FuzzGetOrExtendReservation(f *testing.F) {
-	fuzzRPC(f, "GetOrExtendReservation", func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim)
+	fuzzRPC(f, cachev1connect.CacheServiceGetOrExtendReservationProcedure)
 }
 
 func FuzzReleaseReservation(f *testing.F) {
-	fuzzRPC(f, "ReleaseReservation", func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease)
+	fuzzRPC(f, cachev1connect.CacheServiceReleaseReservationProcedure)
+}
+
+// fuzzTarget says how one RPC is fuzzed.
+type fuzzTarget struct {
+	// name is the Fuzz function, and its seed corpus in testdata/fuzz.
+	name   string
+	newReq func() request
+	check  checkFunc
+}
+
+// fuzzTargets has an entry for every RPC the edge serves, by full
+// procedure name (another service may have the same method names);
+// TestEveryRPCIsFuzzed fails when one is missing.
+var fuzzTargets = map[string]fuzzTarget{
+	cachev1connect.CacheServiceGetProcedure:    {"FuzzGet", func() request { return &cachev1.GetRequest{} }, checkGet},
+	cachev1connect.CacheServicePutProcedure:    {"FuzzPut", func() request { return &cachev1.PutRequest{} }, checkPut},
+	cachev1connect.CacheServiceDeleteProcedure: {"FuzzDelete", func() request { return &cachev1.DeleteRequest{} }, checkDelete},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {"FuzzGetOrExtendReservation",
+		func() request { return &cachev1.GetOrExtendReservationRequest{} }, checkClaim},
+	cachev1connect.CacheServiceReleaseReservationProcedure: {"FuzzReleaseReservation",
+		func() request { return &cachev1.ReleaseReservationRequest{} }, checkRelease},
+
+	flytecachev2connect.CacheServiceGetProcedure:                    {"FuzzFlyteGet", newFlyteGet, checkFlyteGet},
+	flytecachev2connect.CacheServicePutProcedure:                    {"FuzzFlytePut", newFlytePut, checkFlytePut},
+	flytecachev2connect.CacheServiceDeleteProcedure:                 {"FuzzFlyteDelete", newFlyteDelete, checkDelete},
+	flytecachev2connect.CacheServiceGetOrExtendReservationProcedure: {"FuzzFlyteGetOrExtendReservation", newFlyteClaim, checkFlyteClaim},
+	flytecachev2connect.CacheServiceReleaseReservationProcedure:     {"FuzzFlyteReleaseReservation", newFlyteRelease, checkFlyteRelease},
 }
 
 // request is what every request message has.
@@ -80,17 +105,39 @@ type outcome struct {
 type checkFunc func(t *testing.T, o outcome)
 
 // allowedCodes are the codes each RPC may answer to any input while the
-// database is up.
+// database is up, by full procedure name; TestEveryRPCIsFuzzed fails when
+// a served RPC has none.
 var allowedCodes = map[string][]connect.Code{
-	"Get":                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"Put":                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
-	"Delete":                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
-	"GetOrExtendReservation": {0, connect.CodeInvalidArgument},
-	"ReleaseReservation":     {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceGetProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServicePutProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
+	cachev1connect.CacheServiceDeleteProcedure:                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	cachev1connect.CacheServiceGetOrExtendReservationProcedure: {0, connect.CodeInvalidArgument},
+	cachev1connect.CacheServiceReleaseReservationProcedure:     {0, connect.CodeInvalidArgument},
+
+	// Flyte's API answers with the same codes as ours.
+	flytecachev2connect.CacheServiceGetProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	flytecachev2connect.CacheServicePutProcedure:                    {0, connect.CodeInvalidArgument, connect.CodeAlreadyExists},
+	flytecachev2connect.CacheServiceDeleteProcedure:                 {0, connect.CodeInvalidArgument, connect.CodeNotFound},
+	flytecachev2connect.CacheServiceGetOrExtendReservationProcedure: {0, connect.CodeInvalidArgument},
+	flytecachev2connect.CacheServiceReleaseReservationProcedure:     {0, connect.CodeInvalidArgument},
 }
 
-func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkFunc) {
-	b := setup(f, manager.DefaultConfig())
+// fuzzRPC fuzzes procedure as its fuzzTargets entry says.
+func fuzzRPC(f *testing.F, procedure string) {
+	target, ok := fuzzTargets[procedure]
+	codes, hasCodes := allowedCodes[procedure]
+	if !ok || !hasCodes {
+		f.Fatalf("%s needs an entry in fuzzTargets and allowedCodes", procedure)
+	}
+	newReq, check := target.newReq, target.check
+	withAuth := os.Getenv(fuzzAuthEnv) == "1"
+	var header http.Header
+	start := setup
+	if withAuth {
+		start = setupAuthed
+		header = http.Header{"Authorization": {"Bearer " + adminToken}}
+	}
+	b := start(f, manager.DefaultConfig())
 	b.populate(f)
 	f.Fuzz(func(t *testing.T, binary bool, body []byte) {
 		req, valid := decodeRequest(newReq(), binary, body)
@@ -102,13 +149,19 @@ func fuzzRPC(f *testing.F, procedure string, newReq func() request, check checkF
 		if binary {
 			contentType = "application/proto"
 		}
-		resp := b.post(ctx, t, procedure, contentType, bytes.NewReader(body), nil)
+		resp := b.post(ctx, t, procedure, contentType, bytes.NewReader(body), header)
 		after := b.state(t, req)
+		if withAuth && resp.code == connect.CodePermissionDenied && (req == nil || req.GetScope().GetOrg() != authedOrg) {
+			// Outside the token's grant: refused before validation.
+			assertNoLeak(t, resp.msg)
+			assertUnchanged(t, before, after)
+			return
+		}
 		o := outcome{req: req, resp: resp, binary: binary, before: before, after: after, sent: sent}
 
 		assertNoLeak(t, resp.msg)
-		if !containsCode(allowedCodes[procedure], resp.code) {
-			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, allowedCodes[procedure])
+		if !containsCode(codes, resp.code) {
+			t.Fatalf("code %v (%q), want one of %v", resp.code, resp.msg, codes)
 		}
 		tooLarge := resp.code == connect.CodeInvalidArgument && strings.Contains(resp.msg, "too large to index")
 		switch {
@@ -218,14 +271,7 @@ func (b *testBundle) populate(t testing.TB) {
 	}
 }
 
-func containsCode(codes []connect.Code, c connect.Code) bool {
-	for _, x := range codes {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
+func containsCode(codes []connect.Code, c connect.Code) bool { return slices.Contains(codes, c) }
 
 // assertUnchanged fails if a refused request changed the database.
 func assertUnchanged(t *testing.T, before, after state) {
@@ -380,54 +426,54 @@ func checkRelease(t *testing.T, o outcome) {
 // Flyte's cache API (flyteidl2.cacheservice.v2) gets the same treatment: the
 // same server, table and invariants, through Flyte's messages.
 
-func FuzzFlyteGet(f *testing.F) {
-	fuzzRPC(f, flytecachev2connect.CacheServiceGetProcedure, func() request {
-		m := &flytecachev2.GetCacheRequest{}
-		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
-	}, checkFlyteGet)
-}
+func FuzzFlyteGet(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServiceGetProcedure) }
 
-func FuzzFlytePut(f *testing.F) {
-	fuzzRPC(f, flytecachev2connect.CacheServicePutProcedure, func() request {
-		m := &flytecachev2.PutCacheRequest{}
-		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
-	}, checkFlytePut)
-}
+func FuzzFlytePut(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServicePutProcedure) }
 
-func FuzzFlyteDelete(f *testing.F) {
-	fuzzRPC(f, flytecachev2connect.CacheServiceDeleteProcedure, func() request {
-		m := &flytecachev2.DeleteCacheRequest{}
-		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
-	}, checkDelete)
-}
+func FuzzFlyteDelete(f *testing.F) { fuzzRPC(f, flytecachev2connect.CacheServiceDeleteProcedure) }
 
 func FuzzFlyteGetOrExtendReservation(f *testing.F) {
-	fuzzRPC(f, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure, func() request {
-		m := &flytecachev2.GetOrExtendReservationRequest{}
-		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
-	}, func(t *testing.T, o outcome) {
-		// Flyte's response is ours on the wire; only the owner is needed.
-		o.req = &cachev1.GetOrExtendReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.GetOrExtendReservationRequest).GetBaseRequest().GetOwnerId()}
-		checkClaim(t, o)
-	})
+	fuzzRPC(f, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure)
 }
 
 func FuzzFlyteReleaseReservation(f *testing.F) {
-	fuzzRPC(f, flytecachev2connect.CacheServiceReleaseReservationProcedure, func() request {
-		m := &flytecachev2.ReleaseReservationRequest{}
-		return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
-	}, func(t *testing.T, o outcome) {
-		o.req = &cachev1.ReleaseReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.ReleaseReservationRequest).GetBaseRequest().GetOwnerId()}
-		checkRelease(t, o)
-	})
+	fuzzRPC(f, flytecachev2connect.CacheServiceReleaseReservationProcedure)
 }
 
-func init() {
-	for _, p := range []string{flytecachev2connect.CacheServiceGetProcedure, flytecachev2connect.CacheServicePutProcedure,
-		flytecachev2connect.CacheServiceDeleteProcedure, flytecachev2connect.CacheServiceGetOrExtendReservationProcedure,
-		flytecachev2connect.CacheServiceReleaseReservationProcedure} {
-		allowedCodes[p] = allowedCodes[p[strings.LastIndex(p, "/")+1:]]
-	}
+func newFlyteGet() request {
+	m := &flytecachev2.GetCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlytePut() request {
+	m := &flytecachev2.PutCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteDelete() request {
+	m := &flytecachev2.DeleteCacheRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteClaim() request {
+	m := &flytecachev2.GetOrExtendReservationRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func newFlyteRelease() request {
+	m := &flytecachev2.ReleaseReservationRequest{}
+	return flyteRequest{m, m.GetIdentifier, func() string { return m.GetBaseRequest().GetKey() }}
+}
+
+func checkFlyteClaim(t *testing.T, o outcome) {
+	// Flyte's response is ours on the wire; only the owner is needed.
+	o.req = &cachev1.GetOrExtendReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.GetOrExtendReservationRequest).GetBaseRequest().GetOwnerId()}
+	checkClaim(t, o)
+}
+
+func checkFlyteRelease(t *testing.T, o outcome) {
+	o.req = &cachev1.ReleaseReservationRequest{OwnerId: o.req.(flyteRequest).Message.(*flytecachev2.ReleaseReservationRequest).GetBaseRequest().GetOwnerId()}
+	checkRelease(t, o)
 }
 
 // flyteSourceBytes is a stored Flyte source identifier (TASK t@v).

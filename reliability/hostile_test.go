@@ -15,7 +15,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/service"
 )
 
 // hostileCase is a request that must be refused with invalid_argument and
@@ -189,7 +191,8 @@ func TestWideIdentitiesAreStoredOrRefusedCleanly(t *testing.T) {
 	b.assertNoServerErrors(t)
 }
 
-// TestMalformedBodiesAreInvalidArgument sends broken encodings to every RPC:
+// TestMalformedBodiesAreInvalidArgument sends broken encodings to every RPC
+// the edge serves:
 // invalid UTF-8 in string fields (JSON and binary), truncated JSON, wrong
 // types, a message of another shape. Each is invalid_argument and nothing
 // is stored.
@@ -215,8 +218,8 @@ func TestMalformedBodiesAreInvalidArgument(t *testing.T) {
 		data              []byte
 		rpcs              []string // the RPCs whose fields the body sets; nil for all
 	}
-	reserving := []string{"GetOrExtendReservation", "ReleaseReservation"}
-	withDurations := []string{"Put", "GetOrExtendReservation"}
+	reserving := []string{cachev1connect.CacheServiceGetOrExtendReservationProcedure, cachev1connect.CacheServiceReleaseReservationProcedure}
+	withDurations := []string{cachev1connect.CacheServicePutProcedure, cachev1connect.CacheServiceGetOrExtendReservationProcedure}
 	const okScope = `"scope":{"org":"o","project":"p","domain":"d"}`
 	bodies := []body{
 		{"binary key invalid utf-8", "application/proto", badKey, nil},
@@ -237,10 +240,10 @@ func TestMalformedBodiesAreInvalidArgument(t *testing.T) {
 	for _, bd := range bodies {
 		rpcs := bd.rpcs
 		if rpcs == nil {
-			rpcs = procedures
+			rpcs = service.Procedures()
 		}
 		for _, rpc := range rpcs {
-			t.Run(bd.name+"/"+rpc, func(t *testing.T) {
+			t.Run(bd.name+rpc, func(t *testing.T) {
 				r := b.post(t.Context(), t, rpc, bd.contentType, bytes.NewReader(bd.data), nil)
 				if r.code != connect.CodeInvalidArgument {
 					t.Fatalf("status %d code %v (%q), want invalid_argument", r.status, r.code, r.msg)
@@ -252,9 +255,6 @@ func TestMalformedBodiesAreInvalidArgument(t *testing.T) {
 	b.assertEmpty(t)
 	b.assertNoServerErrors(t)
 }
-
-// procedures are the five RPCs.
-var procedures = []string{"Get", "Put", "Delete", "GetOrExtendReservation", "ReleaseReservation"}
 
 // TestOversizedBodiesAreResourceExhausted sends bodies over the request
 // limit, plain and as a gzip bomb that is small on the wire: each is
@@ -281,10 +281,10 @@ func TestOversizedBodiesAreResourceExhausted(t *testing.T) {
 	}
 	for name, send := range map[string]func() rawResponse{
 		"plain": func() rawResponse {
-			return b.post(t.Context(), t, "Put", "application/proto", bytes.NewReader(data), nil)
+			return b.post(t.Context(), t, cachev1connect.CacheServicePutProcedure, "application/proto", bytes.NewReader(data), nil)
 		},
 		"gzip bomb": func() rawResponse {
-			return b.post(t.Context(), t, "Put", "application/proto", bytes.NewReader(bomb.Bytes()),
+			return b.post(t.Context(), t, cachev1connect.CacheServicePutProcedure, "application/proto", bytes.NewReader(bomb.Bytes()),
 				http.Header{"Content-Encoding": {"gzip"}})
 		},
 	} {

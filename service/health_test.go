@@ -31,16 +31,25 @@ type healthBundle struct {
 func setupHealth(t *testing.T, cfg service.ReadinessConfig) *healthBundle {
 	t.Helper()
 	pg := pgtest.StartServer(t)
+	b := setupHealthOn(t, cfg, pg.ConnString(embeddedpg.DefaultDatabase))
+	b.pg = pg
+	return b
+}
+
+// setupHealthOn serves health over the database at url, for tests that
+// leave PostgreSQL running.
+func setupHealthOn(t *testing.T, cfg service.ReadinessConfig, url string) *healthBundle {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	st, err := store.Open(ctx, store.Config{URL: pg.ConnString(embeddedpg.DefaultDatabase), MaxConns: 4, Timeout: 2 * time.Second})
+	st, err := store.Open(ctx, store.Config{URL: url, MaxConns: 4, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
 	srv := httptest.NewServer(service.NewEdge(manager.New(st, manager.Config{}, nil), service.Options{Readiness: cfg}))
 	t.Cleanup(srv.Close)
-	return &healthBundle{pg: pg, store: st, health: grpchealth.NewClient(srv.Client(), srv.URL), readyz: srv.URL + "/readyz"}
+	return &healthBundle{store: st, health: grpchealth.NewClient(srv.Client(), srv.URL), readyz: srv.URL + "/readyz"}
 }
 
 func (b *healthBundle) status(t *testing.T, service string) grpchealth.Status {
@@ -117,7 +126,7 @@ func TestHealthFollowsTheDatabase(t *testing.T) {
 // they cost one ping (one pool acquisition) in all.
 func TestHealthChecksShareOnePing(t *testing.T) {
 	t.Parallel()
-	b := setupHealth(t, service.ReadinessConfig{CacheFor: time.Minute})
+	b := setupHealthOn(t, service.ReadinessConfig{CacheFor: time.Minute}, pgtest.NewDatabase(t))
 	before := b.store.Pool().Stat().AcquireCount()
 	start := make(chan struct{})
 	var wg sync.WaitGroup

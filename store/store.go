@@ -4,7 +4,7 @@
 // SQL from cache_now() (migration 003), never passed in. It holds no policy
 // of its own: the manager says what may be replaced, for how long a lease
 // is granted and which error code a caller sees. The one rule written in SQL
-// is DESIGN.md's claim rule (the holder, or anyone once it expired), since
+// is the claim rule of docs/ARCHITECTURE.md (the holder, or anyone once it expired), since
 // it must be judged by the database's clock after the row lock is held.
 package store
 

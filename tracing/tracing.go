@@ -40,7 +40,8 @@ type Config struct {
 	// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT variables, and tracing is off
 	// when none is set.
 	Endpoint string
-	// ServiceVersion is reported as service.version.
+	// ServiceVersion is reported as service.version; cmd sets it from the
+	// build (internal/version).
 	ServiceVersion string
 	// Logger receives export errors.
 	Logger *slog.Logger

@@ -62,7 +62,7 @@ func callTraced(t *testing.T, tr *tracing.Tracing, traceparent string) {
 func TestSpanReachesReceiverGivenByFlag(t *testing.T) {
 	clearEnv(t)
 	recv := otlptest.NewReceiver(t)
-	tr, err := tracing.New(t.Context(), tracing.Config{Endpoint: recv.URL})
+	tr, err := tracing.New(t.Context(), tracing.Config{Endpoint: recv.URL, ServiceVersion: "v1.2.3-test"})
 	if err != nil || tr == nil {
 		t.Fatalf("New = %v, %v; want tracing on", tr, err)
 	}
@@ -81,6 +81,9 @@ func TestSpanReachesReceiverGivenByFlag(t *testing.T) {
 	}
 	if span.GetKind() != tracepb.Span_SPAN_KIND_SERVER {
 		t.Errorf("kind = %v, want server", span.GetKind())
+	}
+	if got := recv.ResourceAttribute("cacheservice.v1.CacheService/Get", "service.version"); got != "v1.2.3-test" {
+		t.Errorf("service.version = %q, want the configured v1.2.3-test", got)
 	}
 	if paths[0] != "/v1/traces" {
 		t.Errorf("posted to %s, want /v1/traces", paths[0])

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
@@ -23,6 +24,7 @@ func env(vars map[string]string) lookupEnv {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
+	t.Parallel()
 	got, err := parseConfig(nil, noEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +40,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		LogFormat:       "text",
 		// MaxBatches has no flag: it keeps the sweeper's default.
 		Sweep: manager.SweepConfig{Interval: time.Minute, ReservationRetention: time.Hour, BatchSize: 1000, MaxBatches: 100},
+		Auth:  auth.Config{OIDCClaim: "sub"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults = %+v, want %+v", got, want)
@@ -48,6 +51,7 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		args  []string
@@ -91,6 +95,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := parseConfig(tt.args, env(tt.env), io.Discard)
 			if err != nil {
 				t.Fatal(err)
@@ -105,6 +110,7 @@ func TestParseConfigPrecedence(t *testing.T) {
 // TestServeRejectsBadConfiguration checks that each bad value exits with
 // code 2 and one line naming the culprit, before anything starts.
 func TestServeRejectsBadConfiguration(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		args    []string
@@ -149,9 +155,23 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"huge entry ttl", []string{"--entry-ttl=900000h"}, nil, "--entry-ttl"},
 		{"huge sweep batch", []string{"--sweep-batch-size=1000000000"}, nil, "--sweep-batch-size"},
 		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, "CACHESERVICE_PPROF"},
+		{"certificate without key", []string{"--tls-cert-file=c.pem"}, nil, "--tls-cert-file (CACHESERVICE_TLS_CERT_FILE) needs --tls-key-file"},
+		{"key without certificate", nil, map[string]string{"CACHESERVICE_TLS_KEY_FILE": "k.pem"}, "--tls-key-file (CACHESERVICE_TLS_KEY_FILE) needs --tls-cert-file"},
+		{"client CA without TLS", []string{"--tls-client-ca-file=ca.pem", "--auth-file=a.yaml"}, nil, "--tls-client-ca-file (CACHESERVICE_TLS_CLIENT_CA_FILE) needs --tls-cert-file"},
+		{"client CA without auth file", []string{"--tls-client-ca-file=ca.pem", "--tls-cert-file=c", "--tls-key-file=k"}, nil, "--tls-client-ca-file (CACHESERVICE_TLS_CLIENT_CA_FILE) needs --auth-file"},
+		{"audience without issuer", []string{"--oidc-audience=cache"}, nil, "--oidc-audience (CACHESERVICE_OIDC_AUDIENCE) needs --oidc-issuer"},
+		{"issuer without audience", []string{"--oidc-issuer=https://issuer.example.com", "--auth-file=a.yaml"}, nil, "--oidc-issuer (CACHESERVICE_OIDC_ISSUER) needs --oidc-audience"},
+		{"issuer without auth file", []string{"--oidc-issuer=https://issuer.example.com", "--oidc-audience=cache"}, nil, "--oidc-issuer (CACHESERVICE_OIDC_ISSUER) needs --auth-file"},
+		{"issuer over http", []string{"--oidc-issuer=http://issuer.example.com", "--oidc-audience=cache", "--auth-file=a.yaml"}, nil, "want an https URL"},
+		{"oidc CA without issuer", []string{"--oidc-ca-file=ca.pem"}, nil, "--oidc-ca-file (CACHESERVICE_OIDC_CA_FILE) needs --oidc-issuer"},
+		{"empty claim", []string{"--oidc-claim="}, nil, "--oidc-claim"},
+		{"bad trusted proxy", []string{"--trusted-proxies=10.0.0.1/8", "--auth-file=a.yaml"}, nil, "host bits set"},
+		{"trusted proxies without auth file", nil, map[string]string{"CACHESERVICE_TRUSTED_PROXIES": "10.0.0.0/8"}, "--trusted-proxies (CACHESERVICE_TRUSTED_PROXIES) needs --auth-file"},
+		{"unparsable insecure-allow-open", nil, map[string]string{"CACHESERVICE_INSECURE_ALLOW_OPEN": "perhaps"}, "CACHESERVICE_INSECURE_ALLOW_OPEN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			var stdout, stderr bytes.Buffer
 			code := cli(context.Background(), append([]string{"serve"}, tt.args...), env(tt.env), &stdout, &stderr)
 			if code != exitUsage {
@@ -169,6 +189,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 }
 
 func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
 		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
@@ -185,11 +206,49 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 }
 
 func TestCLIRejectsUnknownCommand(t *testing.T) {
+	t.Parallel()
 	var stdout, stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"serv"}, noEnv, &stdout, &stderr); code != exitUsage {
 		t.Fatalf("exit code %d, want %d", code, exitUsage)
 	}
 	if !strings.Contains(stderr.String(), `unknown command "serv"`) {
 		t.Errorf("stderr = %q", &stderr)
+	}
+}
+
+// TestServeRefusesToListenOpenWithoutAuthentication checks the guard of an
+// unauthenticated server: off loopback it exits 2 with one line naming the
+// two ways out, before it opens anything; on loopback, with --auth-file or
+// with --insecure-allow-open the guard lets it through.
+func TestServeRefusesToListenOpenWithoutAuthentication(t *testing.T) {
+	for _, addr := range []string{":8094", "0.0.0.0:8094", "[::]:8094", "192.0.2.1:8094", "cache.example.com:8094"} {
+		t.Run(addr, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := cli(context.Background(), []string{"serve", "--addr", addr}, noEnv, &stdout, &stderr)
+			if code != exitUsage {
+				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitUsage, &stderr)
+			}
+			out := strings.TrimSuffix(stderr.String(), "\n")
+			if strings.Contains(out, "\n") || !strings.Contains(out, "refusing to listen on "+addr) ||
+				!strings.Contains(out, "--auth-file") || !strings.Contains(out, "--insecure-allow-open") {
+				t.Errorf("stderr = %q, want one line refusing %s and naming --auth-file and --insecure-allow-open", out, addr)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		cfg  Config
+		open bool
+	}{
+		{Config{Addr: "127.0.0.1:8094"}, false},
+		{Config{Addr: "127.1.2.3:0"}, false},
+		{Config{Addr: "[::1]:8094"}, false},
+		{Config{Addr: "localhost:8094"}, false},
+		{Config{Addr: ":8094", InsecureAllowOpen: true}, false},
+		{Config{Addr: "0.0.0.0:8094", Auth: auth.Config{File: "auth.yaml"}}, false},
+		{Config{Addr: "[::ffff:10.0.0.1]:8094"}, true},
+	} {
+		if got := tt.cfg.exposed() != ""; got != tt.open {
+			t.Errorf("exposed(%+v) refuses = %v, want %v", tt.cfg, got, tt.open)
+		}
 	}
 }

@@ -38,6 +38,9 @@ const usage = `cacheservice stores workflow task outputs and coordinates who com
 
 Usage:
   cacheservice serve [flags]   serve the API (see cacheservice serve -help)
+  cacheservice import-flyte --from URL [flags]
+                               copy a Flyte cache service database into ours
+                               (see cacheservice import-flyte -help)
   cacheservice help            show this help
 `
 
@@ -50,6 +53,8 @@ func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 	switch args[0] {
 	case "serve":
 		return serveCommand(ctx, args[1:], env, stdout, stderr)
+	case "import-flyte":
+		return importFlyteCommand(ctx, args[1:], env, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -68,6 +73,10 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 		return exitOK
 	case err != nil:
 		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
+		return exitUsage
+	}
+	if why := cfg.exposed(); why != "" {
+		fmt.Fprintf(stderr, "cacheservice: %s\n", why)
 		return exitUsage
 	}
 	logger := newLogger(stderr, cfg)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -18,6 +19,7 @@ import (
 // and after a few calls and checks that each counter moved by exactly the
 // calls that count for it.
 func TestMetricsMoveForTheirCalls(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "--sweep-interval=0")
 	c := cachev1connect.NewCacheServiceClient(http1Client(t), srv.url, connect.WithProtoJSON())
 	sc := scope(t)
@@ -83,6 +85,7 @@ func TestMetricsMoveForTheirCalls(t *testing.T) {
 // TestSweeperRunsInTheServer checks that the server's sweeper deletes an
 // expired reservation and counts it.
 func TestSweeperRunsInTheServer(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "--sweep-interval=50ms", "--reservation-retention=0s",
 		"--max-heartbeat=100ms", "--grace-multiplier=1")
 	c := cachev1connect.NewCacheServiceClient(http1Client(t), srv.url, connect.WithProtoJSON())
@@ -102,6 +105,7 @@ func TestSweeperRunsInTheServer(t *testing.T) {
 
 // TestPProfOnlyWithTheFlag checks /debug/pprof/ is absent by default.
 func TestPProfOnlyWithTheFlag(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		args []string
 		want int
@@ -109,17 +113,20 @@ func TestPProfOnlyWithTheFlag(t *testing.T) {
 		{nil, http.StatusNotFound},
 		{[]string{"--pprof"}, http.StatusOK},
 	} {
-		srv := startServer(t, tt.args...)
-		if got := getStatus(t, srv.url+"/debug/pprof/"); got != tt.want {
-			t.Errorf("with %q: GET /debug/pprof/ = %d, want %d", tt.args, got, tt.want)
-		}
-		srv.stop()
+		t.Run(fmt.Sprintf("%q", tt.args), func(t *testing.T) {
+			t.Parallel()
+			srv := startServer(t, tt.args...)
+			if got := getStatus(t, srv.url+"/debug/pprof/"); got != tt.want {
+				t.Errorf("with %q: GET /debug/pprof/ = %d, want %d", tt.args, got, tt.want)
+			}
+		})
 	}
 }
 
 // TestMetricsAddrMovesMetricsAndPProf checks that --metrics-addr serves
 // /metrics and pprof on their own listener and not on the API port.
 func TestMetricsAddrMovesMetricsAndPProf(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -141,6 +148,7 @@ func TestMetricsAddrMovesMetricsAndPProf(t *testing.T) {
 
 // TestReadyz checks the plain HTTP readiness probe.
 func TestReadyz(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	if got := getStatus(t, srv.url+"/readyz"); got != http.StatusOK {
 		t.Errorf("GET /readyz = %d, want 200", got)

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -21,9 +22,10 @@ type Receiver struct {
 	// URL is the receiver's base URL, to use as an OTLP endpoint.
 	URL string
 
-	mu    sync.Mutex
-	spans []*tracepb.Span
-	paths []string
+	mu        sync.Mutex
+	spans     []*tracepb.Span
+	resources []*resourcepb.Resource // of each span
+	paths     []string
 }
 
 // NewReceiver starts a receiver, closed at cleanup.
@@ -59,7 +61,10 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 	r.paths = append(r.paths, req.URL.Path)
 	for _, rs := range export.GetResourceSpans() {
 		for _, ss := range rs.GetScopeSpans() {
-			r.spans = append(r.spans, ss.GetSpans()...)
+			for _, span := range ss.GetSpans() {
+				r.spans = append(r.spans, span)
+				r.resources = append(r.resources, rs.GetResource())
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -78,6 +83,25 @@ func (r *Receiver) Span(name string) *tracepb.Span {
 		}
 	}
 	return nil
+}
+
+// ResourceAttribute returns the string value of the attribute key of the
+// resource that sent the first span named name, or "".
+func (r *Receiver) ResourceAttribute(name, key string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, s := range r.spans {
+		if s.GetName() != name {
+			continue
+		}
+		for _, kv := range r.resources[i].GetAttributes() {
+			if kv.GetKey() == key {
+				return kv.GetValue().GetStringValue()
+			}
+		}
+		return ""
+	}
+	return ""
 }
 
 // Paths returns the URL paths of the export requests received.

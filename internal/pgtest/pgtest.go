@@ -102,15 +102,6 @@ func NewDatabase(t testing.TB) string {
 	return withDatabase(h.adminURL, name)
 }
 
-// Server returns the embedded server (nil when an external URL is used), so tests can stop and
-// restart PostgreSQL to simulate outages. Such tests must not run in parallel with others.
-func Server() *embeddedpg.Server {
-	if current == nil {
-		return nil
-	}
-	return current.server
-}
-
 func setUp(prepare func(ctx context.Context, connString string) error) (_ *harness, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()

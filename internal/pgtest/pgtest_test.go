@@ -93,27 +93,6 @@ func TestNewDatabaseIsDroppedAtCleanup(t *testing.T) {
 	}
 }
 
-// TestServerSimulatesOutage stops and restarts the cluster; it must not run in parallel.
-func TestServerSimulatesOutage(t *testing.T) {
-	s := pgtest.Server()
-	if s == nil {
-		t.Skip("an external server cannot be stopped from a test")
-	}
-	connString := pgtest.NewDatabase(t)
-	if err := s.Stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pgx.Connect(t.Context(), connString); err == nil {
-		t.Fatal("connected while the server was stopped")
-	}
-	if err := s.Restart(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if got := fmt.Sprint(widgets(t, connect(t, connString))); got != "[seed]" {
-		t.Errorf("after restart: %s", got)
-	}
-}
-
 func BenchmarkNewDatabase(b *testing.B) {
 	var mu sync.Mutex
 	for b.Loop() {
