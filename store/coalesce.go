@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,8 +54,15 @@ type pending[A, R any] struct {
 }
 
 // do serves arg, alone or with the calls that queued while the
-// connections were busy. ctx carries the store's deadline.
-func (q *coalescer[A, R]) do(ctx context.Context, pool *pgxpool.Pool, ops *batchOps[A, R], arg A) (R, error) {
+// connections were busy. ctx carries the store's deadline. Like every
+// single statement of the store (detach), the statement runs detached from
+// the caller's cancellation, on a goroutine that owns the connection, and
+// the caller is answered as soon as its own context ends.
+func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R], arg A) (R, error) {
+	var zero R
+	if err := tooLate(ctx); err != nil {
+		return zero, classify(ops.op, err)
+	}
 	acquireCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	call := &pending[A, R]{ctx: ctx, arg: arg, stopAcquire: stop, done: make(chan struct{})}
@@ -62,59 +70,67 @@ func (q *coalescer[A, R]) do(ctx context.Context, pool *pgxpool.Pool, ops *batch
 	q.waiting = append(q.waiting, call)
 	q.mu.Unlock()
 
-	conn, err := pool.Acquire(acquireCtx)
+	conn, err := s.acquire(acquireCtx)
 	q.mu.Lock()
 	if call.taken {
 		q.mu.Unlock()
 		if conn != nil {
 			conn.Release() // another caller's statement serves ours
 		}
-		return q.await(pool, ops, call)
+		return q.await(s, ops, call)
 	}
 	if i := slices.Index(q.waiting, call); i >= 0 {
 		q.waiting = slices.Delete(q.waiting, i, i+1)
 	}
 	if err != nil {
 		q.mu.Unlock()
-		var zero R
-		return zero, classify(ops.op, err)
+		return zero, classify(ops.op, classify("acquire connection", err))
 	}
 	batch := q.take(call)
 	q.mu.Unlock()
 
 	if len(batch) == 1 {
-		defer conn.Release()
-		return ops.one(ctx, conn, arg)
+		go func() {
+			defer conn.Release()
+			opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+			defer cancel()
+			call.res, call.err = ops.one(opCtx, conn, arg)
+			close(call.done)
+		}()
+		return q.await(s, ops, call)
 	}
 	for _, c := range batch[1:] {
 		c.stopAcquire()
 	}
 	q.batched.Add(int64(len(batch)))
-	// The statement runs on its own goroutine so that every caller,
-	// this one included, can give up at its own deadline while it runs.
 	go func() {
 		defer conn.Release()
 		q.serve(conn, ops, batch)
 	}()
-	return q.await(pool, ops, call)
+	return q.await(s, ops, call)
 }
 
 // await returns call's answer, or the caller's own cancellation or deadline
-// if that comes first.
-func (q *coalescer[A, R]) await(pool *pgxpool.Pool, ops *batchOps[A, R], call *pending[A, R]) (R, error) {
+// if that comes first (an answer that arrived just as the caller gave up is
+// kept, as detach keeps it).
+func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, R]) (R, error) {
 	var zero R
 	select {
 	case <-call.done:
-		if err := call.ctx.Err(); err != nil {
-			return zero, classify(ops.op, err) // as a call alone would have seen it
-		}
-		if call.retry {
-			return ops.one(call.ctx, pool, call.arg)
-		}
-		return call.res, call.err
 	case <-call.ctx.Done():
-		return zero, classify(ops.op, call.ctx.Err())
+		select {
+		case <-call.done:
+		default:
+			if cause := context.Cause(call.ctx); errors.Is(cause, errStoreDeadline) {
+				return zero, cause // the store's deadline, not the caller's: unavailable
+			}
+			return zero, classify(ops.op, call.ctx.Err())
+		}
 	}
+	if call.retry {
+		return ops.one(call.ctx, s.db, call.arg)
+	}
+	return call.res, call.err
 }
 
 // take returns a batch of first and up to maxBatch-1 of the calls still

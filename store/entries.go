@@ -120,7 +120,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	// Puts are not coalesced as Gets are: one multi-row INSERT for the Puts
 	// that queued cost more than it saved (cachebench compare, put at c=64:
 	// throughput ×0.61, PostgreSQL CPU per call ×1.12).
-	return putOne(ctx, s.pool, e, replace)
+	return putOne(ctx, s.db, e, replace)
 }
 
 // putValues are e's output columns as the INSERTs bind them.
@@ -183,7 +183,7 @@ func putOne(ctx context.Context, q querier, e Entry, replace Replace) error {
 func (s *Store) DeleteEntry(ctx context.Context, id ID) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx,
+	tag, err := s.db.Exec(ctx,
 		`DELETE FROM cache_entries WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key)
 	if err != nil {

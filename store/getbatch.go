@@ -12,7 +12,7 @@ var getOps = &batchOps[ID, Entry]{op: "get entry", one: getOne, many: getMany}
 // getEntry reads id's entry, alone or with the Gets that queued while the
 // connections were busy.
 func (s *Store) getEntry(ctx context.Context, id ID) (Entry, error) {
-	return s.gets.do(ctx, s.pool, getOps, id)
+	return s.gets.do(ctx, s, getOps, id)
 }
 
 // getManySQL reads the entries of the keys in four parallel arrays; each

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Reservation is the right of one owner to compute an entry.
@@ -22,7 +24,7 @@ type Reservation struct {
 func (s *Store) GetReservation(ctx context.Context, id ID) (Reservation, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	return scanReservation(id, s.pool.QueryRow(ctx, `
+	return scanReservation(id, s.db.QueryRow(ctx, `
 		SELECT owner_id, heartbeat_interval_ns, expires_at
 		FROM reservations
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
@@ -37,7 +39,7 @@ func (s *Store) GetReservation(ctx context.Context, id ID) (Reservation, error) 
 func (s *Store) ReleaseReservation(ctx context.Context, id ID, ownerID string) (bool, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := s.db.Exec(ctx, `
 		DELETE FROM reservations
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5`,
 		id.Org, id.Project, id.Domain, id.Key, ownerID)
@@ -83,8 +85,9 @@ func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, err
 		if err != nil || decided {
 			return res, err
 		}
+		caller := ctx
 		err = s.InTx(ctx, func(ctx context.Context, tx *Tx) error {
-			res, err = tx.claimLocked(ctx, c)
+			res, err = tx.claimLocked(ctx, caller, c)
 			return err
 		})
 		if errors.Is(err, ErrNotFound) {
@@ -96,10 +99,48 @@ func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, err
 }
 
 // claimUnlocked is ClaimReservation's first round trip: it reports decided
-// when the insert won or the row is live and another's.
-func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, decided bool, err error) {
-	ctx, cancel := s.deadline(ctx)
+// when the insert won or the row is live and another's. It runs detached
+// from the caller's cancellation, as every statement of the store does
+// (detach).
+func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, bool, error) {
+	ctx, cancel := s.deadline(caller)
 	defer cancel()
+	var res ClaimResult
+	var decided bool
+	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		r, d, err := claimUnlockedOn(ctx, conn, c)
+		if err == nil && r.Created && caller.Err() != nil {
+			giveBack(ctx, conn, c)
+			return caller.Err()
+		}
+		res, decided = r, d
+		return err
+	})
+	if err != nil {
+		return ClaimResult{}, false, classify("claim reservation", err)
+	}
+	return res, decided, nil
+}
+
+// execer is a connection, pooled or not.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// giveBack releases a reservation just granted to a caller that has gone
+// (InTx rolls back for such a caller; a claim that committed in its own
+// pipeline undoes its grant instead): nobody would learn it owns the key,
+// and the key would wait out a lease that nobody holds. Best effort: if it
+// fails, the lease expires.
+func giveBack(ctx context.Context, conn execer, c Claim) {
+	_, _ = conn.Exec(ctx, `
+		DELETE FROM reservations
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5`,
+		c.ID.Org, c.ID.Project, c.ID.Domain, c.ID.Key, c.OwnerID)
+}
+
+// claimUnlockedOn sends claimUnlocked's pipeline on conn.
+func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (_ ClaimResult, decided bool, err error) {
 	id := c.ID
 	// One pipeline, one implicit transaction: the insert commits at its end.
 	// The SELECT runs after the INSERT, so it sees the row either way.
@@ -115,7 +156,7 @@ func (s *Store) claimUnlocked(ctx context.Context, c Claim) (_ ClaimResult, deci
 		FROM reservations
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key)
-	results := s.pool.SendBatch(ctx, b)
+	results := conn.SendBatch(ctx, b)
 	defer closeResults(results, &err)
 	inserted, err := scanReservation(id, results.QueryRow())
 	switch {
@@ -162,7 +203,7 @@ const grantReservationSQL = `
 // exists: lock it, decide and write by the database's clock after the lock
 // is held, and commit, all in one pipeline, so the lock is held for no
 // round trip at all. It returns ErrNotFound when the row has vanished.
-func (t *Tx) claimLocked(ctx context.Context, c Claim) (_ ClaimResult, err error) {
+func (t *Tx) claimLocked(ctx, caller context.Context, c Claim) (_ ClaimResult, err error) {
 	id := c.ID
 	b := &pgx.Batch{}
 	b.Queue(lockReservationSQL, id.Org, id.Project, id.Domain, id.Key)
@@ -190,5 +231,8 @@ func (t *Tx) claimLocked(ctx context.Context, c Claim) (_ ClaimResult, err error
 		return ClaimResult{}, classify("commit", err)
 	}
 	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
+	if res.Granted && res.Previous.OwnerID != c.OwnerID && caller.Err() != nil {
+		giveBack(ctx, t.conn, c) // a takeover nobody will hear of
+	}
 	return res, nil
 }

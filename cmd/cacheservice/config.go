@@ -46,6 +46,9 @@ type Config struct {
 	Sweep manager.SweepConfig
 	// MaxRequestBytes bounds a request body.
 	MaxRequestBytes int
+	// HTTP bounds what clients can hold of the HTTP server: --write-timeout,
+	// --response-budget, --http2-max-streams and --max-connections.
+	HTTP HTTPConfig
 	// CORSAllowedOrigins lists the browser origins allowed to call; "*" is
 	// any, none disables CORS.
 	CORSAllowedOrigins []string
@@ -54,6 +57,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// LogLevel is the least severe level logged.
 	LogLevel slog.Level
+	// LogLevelFile, when set, holds the log level, overriding LogLevel; it
+	// is read at start and again on SIGHUP.
+	LogLevelFile string
 	// LogFormat is "text" or "json".
 	LogFormat string
 	// MetricsAddr, when set, serves /metrics (and pprof) on a listener of
@@ -92,6 +98,7 @@ func defaultConfig() Config {
 		Manager:         manager.DefaultConfig(),
 		Sweep:           manager.DefaultSweepConfig(),
 		MaxRequestBytes: service.DefaultMaxRequestBytes,
+		HTTP:            defaultHTTPConfig(),
 		ShutdownTimeout: 15 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
@@ -118,6 +125,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Usage = func() {}
 	maxConns := int(cfg.Store.MaxConns)
 	maxInline, maxRequest := byteSize(cfg.Manager.MaxInlineBytes), byteSize(cfg.MaxRequestBytes)
+	responseBudget := byteSize(cfg.HTTP.ResponseBudget)
 	var origins originList
 	var proxies prefixList
 
@@ -132,9 +140,14 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Float64Var(&cfg.Manager.GraceMultiplier, "grace-multiplier", cfg.Manager.GraceMultiplier, "heartbeat intervals a reservation lives without being extended (1 to 100)")
 	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
+	fs.DurationVar(&cfg.HTTP.WriteTimeout, "write-timeout", cfg.HTTP.WriteTimeout, "longest each 64 KiB of a response waits for the client to read it; then the HTTP/2 stream is reset or the HTTP/1.1 connection closed")
+	fs.Var(&responseBudget, "response-budget", "`bytes` of responses held while being written (suffixes KiB, MiB, GiB allowed); a response beyond it is answered resource_exhausted")
+	fs.IntVar(&cfg.HTTP.MaxStreams, "http2-max-streams", cfg.HTTP.MaxStreams, "concurrent HTTP/2 streams per connection")
+	fs.IntVar(&cfg.HTTP.MaxConns, "max-connections", cfg.HTTP.MaxConns, "open connections on --addr; more are closed on arrival; 0 is no limit")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.LogLevelFile, "log-level-file", "", "`file` holding the log level (debug, info, warn or error), read at start and on SIGHUP; overrides --log-level")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log `format`: text or json")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")
@@ -181,6 +194,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	}
 	cfg.Store.MaxConns = int32(maxConns)
 	cfg.Manager.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
+	cfg.HTTP.ResponseBudget = int(responseBudget)
 	cfg.CORSAllowedOrigins = origins
 	cfg.Auth.TrustedProxies = proxies
 	if err := cfg.validate(); err != nil {
@@ -245,6 +259,13 @@ func (c Config) validate() error {
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.HTTP.WriteTimeout >= 10*time.Millisecond && c.HTTP.WriteTimeout <= time.Hour,
+		"%s must be between 10ms and 1h, got %v", opt("write-timeout"), c.HTTP.WriteTimeout)
+	check(c.HTTP.ResponseBudget >= 1<<20, "%s must be at least 1MiB, got %d", opt("response-budget"), c.HTTP.ResponseBudget)
+	check(c.HTTP.MaxStreams >= 1 && c.HTTP.MaxStreams <= 10000,
+		"%s must be between 1 and 10000, got %d", opt("http2-max-streams"), c.HTTP.MaxStreams)
+	check(c.HTTP.MaxConns >= 0 && c.HTTP.MaxConns <= 1_000_000,
+		"%s must be between 0 (no limit) and 1000000, got %d", opt("max-connections"), c.HTTP.MaxConns)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)

@@ -59,7 +59,7 @@ func startServerWith(t *testing.T, args ...string) *testServer {
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln) }()
+	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln, nil) }()
 
 	var once sync.Once
 	scheme := "http://"

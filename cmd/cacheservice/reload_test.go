@@ -59,7 +59,7 @@ func TestAuthFileIsReReadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the new grant after SIGHUP", func() bool { return put() == nil })
-	if !strings.Contains(stderr.String(), "SIGHUP: auth file reloaded") {
+	if !regexp.MustCompile(`msg="SIGHUP: reloaded" reloaded="[^"]*auth file`).MatchString(stderr.String()) {
 		t.Errorf("no reload line:\n%s", stderr)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

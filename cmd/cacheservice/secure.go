@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -25,9 +22,10 @@ type security struct {
 }
 
 // newSecurity loads the auth file and the certificate and starts watching
-// them until ctx ends or stop is called. It runs before the database is
+// them until ctx ends or stop is called; with reloads (nil in tests that
+// send no signal) SIGHUP re-reads them too. It runs before the database is
 // opened, so a bad file fails the start at once.
-func newSecurity(ctx context.Context, cfg Config, logger *slog.Logger) (_ *security, err error) {
+func newSecurity(ctx context.Context, cfg Config, logger *slog.Logger, reloads *reloader) (_ *security, err error) {
 	sec := &security{}
 	defer func() {
 		if err != nil {
@@ -60,7 +58,9 @@ func newSecurity(ctx context.Context, cfg Config, logger *slog.Logger) (_ *secur
 		}
 		sec.stops = append(sec.stops, func() { cancel(); <-done })
 	}
-	sec.stops = append(sec.stops, sec.reloadOnSIGHUP(ctx, logger))
+	if reloads != nil {
+		sec.addReloads(reloads)
+	}
 	return sec, nil
 }
 
@@ -111,35 +111,23 @@ func (sec *security) serveTLS(srv *http.Server) {
 	srv.Protocols = &protocols
 }
 
-// reloadOnSIGHUP re-reads the auth file and the certificate on every SIGHUP
-// until ctx ends; a file that fails keeps the previous one (the packages log
-// and count it).
-//
-// TODO(conn): when main.go's reload hook list lands, register these two
-// reloads there instead of listening for SIGHUP here.
-func (sec *security) reloadOnSIGHUP(ctx context.Context, logger *slog.Logger) (stop func()) {
-	if sec.auth == nil && sec.tls == nil {
-		return func() {}
+// addReloads lets SIGHUP re-read the auth file and the certificate; a file
+// that fails keeps the previous one (the packages log and count it).
+func (sec *security) addReloads(reloads *reloader) {
+	if sec.auth != nil {
+		reloads.add("auth file", func() (string, error) {
+			if err := sec.auth.Reload(); err != nil {
+				return "", err
+			}
+			return "auth file", nil
+		})
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
+	if sec.tls != nil {
+		reloads.add("tls certificate", func() (string, error) {
+			if err := sec.tls.Reload(); err != nil {
+				return "", err
 			}
-			if sec.auth != nil && sec.auth.Reload() == nil {
-				logger.Info("SIGHUP: auth file reloaded")
-			}
-			if sec.tls != nil && sec.tls.Reload() == nil {
-				logger.Info("SIGHUP: tls certificate reloaded")
-			}
-		}
-	}()
-	return func() { signal.Stop(hup); cancel(); <-done }
+			return "tls certificate", nil
+		})
+	}
 }
