@@ -56,7 +56,10 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 
 // entryColumns are the columns an Entry is read from, in dest's order.
 // The entry table's alias is e.
-const entryColumns = `e.output_uri, e.output_inline, e.source_name, e.source_version, e.labels, e.created_at, e.last_updated_at,
+const entryColumns = `e.output_uri, e.output_inline, ` + entryColumnsAfterInline
+
+// entryColumnsAfterInline are entryColumns after output_inline.
+const entryColumnsAfterInline = `e.source_name, e.source_version, e.labels, e.created_at, e.last_updated_at,
 	-- A LiteralMap only while the digest matches: a previous
 	-- version's overwrite leaves a stale digest (migration 004).
 	e.literals_sha256 IS NOT NULL AND e.output_inline IS NOT NULL

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,12 +44,17 @@ func waitQueued(t *testing.T, s *Store, n int) {
 }
 
 // TestGetsThatQueuedShareOneStatement holds the pool's only connection
-// while 21 Gets queue (hits, misses and one key asked twice), then frees
+// while 22 Gets queue (hits, misses, one key asked twice and one entry too
+// large to batch), then frees
 // it: whoever gets it serves all 21 in one statement, and each caller gets
 // its own answer.
 func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	t.Parallel()
 	s := oneConnStore(t)
+	big := bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
+	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
+		t.Fatal(err)
+	}
 	held, err := s.pool.Acquire(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -57,6 +63,7 @@ func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	for i := range 20 {
 		keys = append(keys, fmt.Sprint("k", i)) // k0 twice, k10..k19 missing
 	}
+	keys = append(keys, "big") // read by its caller alone, whole
 	got := make([]Entry, len(keys))
 	errs := make([]error, len(keys))
 	var wg sync.WaitGroup
@@ -66,6 +73,10 @@ func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	waitQueued(t, s, len(keys))
 	held.Release()
 	wg.Wait()
+	if last := len(keys) - 1; errs[last] != nil || !bytes.Equal(got[last].Inline, big) {
+		t.Errorf("Get of the large entry = %d bytes, %v; want all %d", len(got[last].Inline), errs[last], len(big))
+	}
+	keys = keys[:len(keys)-1]
 	for i, k := range keys {
 		var n int
 		if _, err := fmt.Sscanf(k, "k%d", &n); err != nil {
@@ -78,7 +89,7 @@ func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 			t.Errorf("Get %d (%s): err = %v, want ErrNotFound", i, k, errs[i])
 		}
 	}
-	if n := s.gets.batched.Load(); n != int64(len(keys)) {
+	if n := s.gets.batched.Load(); n != int64(len(keys)+1) {
 		t.Errorf("%d Gets were served by a shared statement, want all %d", n, len(keys))
 	}
 }
