@@ -116,7 +116,7 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 }
 
 // TestLockTimeoutIsUnavailableAndObserved holds a reservation row from
-// another session: a claim on it gives up after the store's lock timeout
+// another session: the holder's claim on it gives up after the store's lock timeout
 // with unavailable and a message that says to retry and leaks nothing, and
 // the observer counts it as lock_timeout (issue 8, defect 10).
 func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
@@ -140,7 +140,9 @@ func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
 	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM reservations WHERE key = 'k' FOR UPDATE"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w2"})
+	// The holder's extension needs the lock (another claimant would be
+	// answered without it).
+	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w1"})
 	wantCode(t, err, connect.CodeUnavailable)
 	if msg := err.Error(); !strings.Contains(msg, "retry") || strings.Contains(msg, "lock_timeout") || strings.Contains(msg, "SQLSTATE") {
 		t.Errorf("message %q: want a safe one that says to retry", msg)

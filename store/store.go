@@ -106,6 +106,7 @@ type Store struct {
 	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
+	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
 }
 
 // Open creates the connection pool. It does not contact the database; call
