@@ -22,6 +22,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/puddle/v2"
+
+	"github.com/cacheservice/cacheservice/internal/setting"
 )
 
 // Sentinel errors returned at the store boundary; test with errors.Is.
@@ -77,28 +79,18 @@ func DefaultConfig() Config {
 	return Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second}
 }
 
-// Validate checks the settings' bounds. Errors are SettingErrors naming the
-// setting as its flag is named.
+// Validate checks the settings' bounds. Errors are *setting.Errors naming
+// the Config field; the caller names it as its users know it.
 func (c Config) Validate() error {
 	var errs []error
 	if c.Timeout < MinTimeout || c.Timeout > MaxTimeout {
-		errs = append(errs, &SettingError{"db-timeout", fmt.Sprintf("must be between %v and %v, got %v", MinTimeout, MaxTimeout, c.Timeout)})
+		errs = append(errs, &setting.Error{Field: "Timeout", Problem: fmt.Sprintf("must be between %v and %v, got %v", MinTimeout, MaxTimeout, c.Timeout)})
 	}
 	if c.LockTimeout < MinLockTimeout || c.LockTimeout >= c.Timeout {
-		errs = append(errs, &SettingError{"lock-timeout", fmt.Sprintf("must be at least %v and below db-timeout (%v), got %v", MinLockTimeout, c.Timeout, c.LockTimeout)})
+		errs = append(errs, &setting.Error{Field: "LockTimeout", Problem: fmt.Sprintf("must be at least %v and below {Timeout} (%v), got %v", MinLockTimeout, c.Timeout, c.LockTimeout)})
 	}
 	return errors.Join(errs...)
 }
-
-// SettingError is a setting out of its bounds.
-type SettingError struct {
-	// Setting is the name of the setting's flag, without dashes in front.
-	Setting string
-	// Problem says what is wrong, in a phrase that follows the name.
-	Problem string
-}
-
-func (e *SettingError) Error() string { return e.Setting + " " + e.Problem }
 
 // Store is a pool of connections to one database.
 type Store struct {
