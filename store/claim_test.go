@@ -35,9 +35,9 @@ func TestStoreClaimReservationDecides(t *testing.T) {
 	if ext.Created || !ext.Granted || ext.Previous != first.Current || !ext.Current.ExpiresAt.After(first.Current.ExpiresAt) {
 		t.Fatalf("w1's second claim = %+v, want an extension of %+v", ext, first.Current)
 	}
-	b.shiftClock(t, time.Hour)
+	b.clock.Shift(t, time.Hour)
 	took := claim("w2")
-	if took.Created || !took.Granted || took.Previous.OwnerID != "w1" || took.Current.OwnerID != "w2" || !took.Current.ExpiresAt.After(b.now(t)) {
+	if took.Created || !took.Granted || took.Previous.OwnerID != "w1" || took.Current.OwnerID != "w2" || !took.Current.ExpiresAt.After(b.clock.Now(t)) {
 		t.Fatalf("w2's claim after expiry = %+v, want a live takeover from w1", took)
 	}
 	stored, err := b.store.GetReservation(b.ctx, id)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cacheservice/cacheservice/auth"
+	"github.com/cacheservice/cacheservice/internal/setting"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
 	"github.com/cacheservice/cacheservice/store"
@@ -255,7 +256,9 @@ func (c Config) validate() error {
 	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
 	// The bounds of the store's, manager's and sweeper's settings are
 	// theirs; here they only learn the flag's full name.
-	errs = append(errs, flagErrors(c.Store.Validate(), c.Manager.Validate(), c.Sweep.Validate())...)
+	errs = append(errs, flagErrors(c.Store.Validate(), storeFlags)...)
+	errs = append(errs, flagErrors(c.Manager.Validate(), managerFlags)...)
+	errs = append(errs, flagErrors(c.Sweep.Validate(), sweepFlags)...)
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
@@ -328,24 +331,37 @@ func loopback(addr string) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-// flagErrors rewrites the bound errors of the packages' Validate functions
-// (store.SettingErrors, joined) to name the flag and its variable.
-func flagErrors(validated ...error) []error {
+// The flags of the embedded configs' fields, by Go field name, to name a
+// field their Validate functions report.
+var (
+	storeFlags   = map[string]string{"Timeout": "db-timeout", "LockTimeout": "lock-timeout"}
+	managerFlags = map[string]string{"MaxHeartbeat": "max-heartbeat", "MinHeartbeat": "min-heartbeat", "GraceMultiplier": "grace-multiplier", "MaxInlineBytes": "max-inline-bytes"}
+	sweepFlags   = map[string]string{"Interval": "sweep-interval", "ReservationRetention": "reservation-retention", "EntryTTL": "entry-ttl", "BatchSize": "sweep-batch-size"}
+)
+
+// flagErrors rewrites the bound errors of a package's Validate
+// (*setting.Errors, joined) to name the flag and its variable; a field
+// mentioned in the problem is named by its flag alone.
+func flagErrors(validated error, flags map[string]string) []error {
+	if validated == nil {
+		return nil
+	}
+	list := []error{validated}
+	if joined, ok := validated.(interface{ Unwrap() []error }); ok {
+		list = joined.Unwrap()
+	}
+	flag := func(field string) string {
+		if f, ok := flags[field]; ok {
+			return f
+		}
+		return field
+	}
 	var out []error
-	for _, err := range validated {
-		if err == nil {
-			continue
+	for _, e := range list {
+		if se, ok := errors.AsType[*setting.Error](e); ok {
+			e = errors.New(se.Describe(func(field string) string { return opt(flag(field)) }, flag))
 		}
-		list := []error{err}
-		if joined, ok := err.(interface{ Unwrap() []error }); ok {
-			list = joined.Unwrap()
-		}
-		for _, e := range list {
-			if se, ok := errors.AsType[*store.SettingError](e); ok {
-				e = fmt.Errorf("%s %s", opt(se.Setting), se.Problem)
-			}
-			out = append(out, e)
-		}
+		out = append(out, e)
 	}
 	return out
 }

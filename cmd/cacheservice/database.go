@@ -86,6 +86,11 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 	if err := db.store.Ping(ctx); err != nil {
 		return nil, fmt.Errorf("reach database: %w", err)
 	}
+	// A test's clock offset left in a connection string or on the database
+	// would move every lease this replica judges: refuse to start.
+	if err := db.store.CheckClock(ctx); err != nil {
+		return nil, fmt.Errorf("refusing to start: %w", err)
+	}
 	if err := db.store.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("migrate database: %w", err)
 	}
