@@ -82,8 +82,10 @@ func serviceNames() []string {
 }
 
 // NewEdge returns the whole HTTP handler of the server: every mounted API
-// service, gRPC health (readiness) and reflection (v1 and v1alpha), and
-// /readyz, behind CORS. The caller adds only the http.Server, listeners and
+// service, gRPC health (readiness) and reflection (v1 and v1alpha), /readyz
+// and /livez, behind CORS. grpc.health.v1.Health/List is neither served
+// nor advertised: grpchealth v1.5.0 registers Check and Watch only, so List
+// answers unimplemented and reflection does not list it. The caller adds only the http.Server, listeners and
 // whatever operator endpoints it serves beside (metrics, pprof).
 //
 // Interceptors run in this order, outermost first: opts.Interceptors
@@ -109,6 +111,7 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	readiness := NewReadiness(m, opts.Readiness, opts.Logger)
 	mux.Handle(grpchealth.NewHandler(readiness))
 	mux.Handle("/readyz", readiness)
+	mux.HandleFunc("/livez", livez)
 	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
