@@ -241,8 +241,9 @@ func (l *logLines) String() string {
 
 // TestStaticBinaryServesInEmptyRoot runs the static binary with nothing around it but what the
 // image has, against an external PostgreSQL given by CACHESERVICE_DATABASE_URL (as the
-// Kubernetes Secret gives it): it migrates, reports ready on /readyz, stores and returns an entry
-// over Connect JSON, and stops cleanly on SIGTERM.
+// Kubernetes Secret gives it): it migrates, reports ready on /readyz and alive on /livez, reports
+// its stamped build in cacheservice_build_info, stores and returns an entry over Connect JSON, and
+// stops cleanly on SIGTERM.
 func TestStaticBinaryServesInEmptyRoot(t *testing.T) {
 	t.Parallel()
 	root := emptyRoot(t)
@@ -286,6 +287,12 @@ func TestStaticBinaryServesInEmptyRoot(t *testing.T) {
 
 	if code, body := call(t, http.MethodGet, base+"/readyz", ""); code != http.StatusOK {
 		t.Errorf("GET /readyz = %d %s, want 200", code, body)
+	}
+	if code, body := call(t, http.MethodGet, base+"/livez", ""); code != http.StatusOK {
+		t.Errorf("GET /livez = %d %s, want 200", code, body)
+	}
+	if code, body := call(t, http.MethodGet, base+"/metrics", ""); code != http.StatusOK || !hasLine(body, buildInfoLine()) {
+		t.Errorf("GET /metrics = %d, want 200 with the line %s", code, buildInfoLine())
 	}
 	const scope = `"scope":{"org":"deploy","project":"rootfs","domain":"test"},"key":"static-binary"`
 	if code, body := call(t, http.MethodPost, base+"/cacheservice.v1.CacheService/Put",

@@ -84,6 +84,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.latency, m.lookups, m.reservations,
 		m.sweepDeleted, m.sweepPasses, m.sweepDuration, m.sweepLastSuccess,
+		buildInfo(),
 	)
 	// Series that exist from the start, so rate() and alerts see a zero
 	// rather than nothing before the first event.

@@ -15,6 +15,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/cacheservice/cacheservice/internal/version"
 )
 
 // Exit codes: 2 is a usage error, as with the flag package.
@@ -38,6 +40,7 @@ const usage = `cacheservice stores workflow task outputs and coordinates who com
 
 Usage:
   cacheservice serve [flags]   serve the API (see cacheservice serve -help)
+  cacheservice version         print the version, commit and Go version of this build
   cacheservice help            show this help
 `
 
@@ -50,6 +53,8 @@ func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 	switch args[0] {
 	case "serve":
 		return serveCommand(ctx, args[1:], env, stdout, stderr)
+	case "version", "-version", "--version":
+		return versionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -88,4 +93,16 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 // attempts) into one line.
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+// versionCommand prints which build this is, from internal/version (the
+// same values, under the same names, as the labels of the
+// cacheservice_build_info metric), one per line.
+func versionCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "cacheservice: unexpected argument %q: version takes none\n", args[0])
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "version:   %s\ncommit:    %s\ngoversion: %s\n", version.String(), version.Commit(), version.GoVersion())
+	return exitOK
 }
