@@ -33,6 +33,9 @@ type Config struct {
 	// Store says how to reach PostgreSQL: --database-url (empty runs an
 	// embedded one in DataDir), --db-max-conns and --db-timeout.
 	Store store.Config
+	// DBConnectTimeout bounds the wait at start for an external database to
+	// become reachable; 0 tries once.
+	DBConnectTimeout time.Duration
 	// DataDir holds the embedded PostgreSQL cluster.
 	DataDir string
 	// Manager holds the cache's limits: --max-heartbeat,
@@ -67,15 +70,16 @@ type Config struct {
 // packages' defaults and cmd's own.
 func defaultConfig() Config {
 	return Config{
-		Addr:            "127.0.0.1:8094",
-		Store:           store.DefaultConfig(),
-		DataDir:         ".cacheservice",
-		Manager:         manager.DefaultConfig(),
-		Sweep:           manager.DefaultSweepConfig(),
-		MaxRequestBytes: service.DefaultMaxRequestBytes,
-		ShutdownTimeout: 15 * time.Second,
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "text",
+		Addr:             "127.0.0.1:8094",
+		Store:            store.DefaultConfig(),
+		DataDir:          ".cacheservice",
+		DBConnectTimeout: time.Minute,
+		Manager:          manager.DefaultConfig(),
+		Sweep:            manager.DefaultSweepConfig(),
+		MaxRequestBytes:  service.DefaultMaxRequestBytes,
+		ShutdownTimeout:  15 * time.Second,
+		LogLevel:         slog.LevelInfo,
+		LogFormat:        "text",
 	}
 }
 
@@ -105,6 +109,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
 	fs.IntVar(&maxConns, "db-max-conns", maxConns, "maximum open database connections")
 	fs.DurationVar(&cfg.Store.Timeout, "db-timeout", cfg.Store.Timeout, "deadline of every database call")
+	fs.DurationVar(&cfg.DBConnectTimeout, "db-connect-timeout", cfg.DBConnectTimeout, "how long a start waits for an unreachable database, retrying with backoff; 0 tries once (a refused login or a bad URL fails at once)")
 	fs.DurationVar(&cfg.Store.LockTimeout, "lock-timeout", cfg.Store.LockTimeout, "longest wait of a claim for a reservation's row lock before it answers unavailable; below --db-timeout (default at most half of it)")
 	fs.DurationVar(&cfg.Manager.MaxHeartbeat, "max-heartbeat", cfg.Manager.MaxHeartbeat, "longest reservation heartbeat interval granted, and the one given when a request sets none (at most 24h)")
 	fs.DurationVar(&cfg.Manager.MinHeartbeat, "min-heartbeat", cfg.Manager.MinHeartbeat, "shortest reservation heartbeat interval a request may set; shorter is invalid_argument")
@@ -213,6 +218,7 @@ func (c Config) validate() error {
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.DBConnectTimeout >= 0 && c.DBConnectTimeout <= maxConnectTimeout, "%s must be between 0 and %v, got %v", opt("db-connect-timeout"), maxConnectTimeout, c.DBConnectTimeout)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)

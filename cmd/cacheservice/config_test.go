@@ -29,14 +29,15 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Addr:            "127.0.0.1:8094",
-		DataDir:         ".cacheservice",
-		Store:           store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
-		Manager:         manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
-		MaxRequestBytes: 4 << 20,
-		ShutdownTimeout: 15 * time.Second,
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "text",
+		Addr:             "127.0.0.1:8094",
+		DataDir:          ".cacheservice",
+		DBConnectTimeout: time.Minute,
+		Store:            store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
+		Manager:          manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
+		MaxRequestBytes:  4 << 20,
+		ShutdownTimeout:  15 * time.Second,
+		LogLevel:         slog.LevelInfo,
+		LogFormat:        "text",
 		// MaxBatches has no flag: it keeps the sweeper's default.
 		Sweep: manager.SweepConfig{Interval: time.Minute, ReservationRetention: time.Hour, BatchSize: 1000, MaxBatches: 100},
 	}
@@ -84,6 +85,8 @@ func TestParseConfigPrecedence(t *testing.T) {
 			}},
 		{"CORS any origin", []string{"--cors-allowed-origins=*"}, nil,
 			func(c Config) bool { return reflect.DeepEqual(c.CORSAllowedOrigins, []string{"*"}) }},
+		{"connect timeout", nil, map[string]string{"CACHESERVICE_DB_CONNECT_TIMEOUT": "0"},
+			func(c Config) bool { return c.DBConnectTimeout == 0 }},
 		{"log settings", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "warn", "CACHESERVICE_LOG_FORMAT": "json"},
 			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
 		{"everything else", []string{"--data-dir=/var/lib/cacheservice", "--db-max-conns=32", "--grace-multiplier=2.5", "--shutdown-timeout=1m"}, nil,
@@ -153,6 +156,8 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"huge entry ttl", []string{"--entry-ttl=900000h"}, nil, "--entry-ttl"},
 		{"huge sweep batch", []string{"--sweep-batch-size=1000000000"}, nil, "--sweep-batch-size"},
 		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, "CACHESERVICE_PPROF"},
+		{"negative connect timeout", []string{"--db-connect-timeout=-1s"}, nil, "--db-connect-timeout (CACHESERVICE_DB_CONNECT_TIMEOUT) must be between 0 and 1h0m0s"},
+		{"huge connect timeout", nil, map[string]string{"CACHESERVICE_DB_CONNECT_TIMEOUT": "2h"}, "--db-connect-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,7 +184,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
 		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
 	}
-	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
+	for _, flag := range []string{"addr", "database-url", "data-dir", "db-connect-timeout", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
 		"reservation-retention", "entry-ttl", "sweep-batch-size"} {

@@ -13,6 +13,8 @@ import (
 
 // startupTimeout bounds starting the embedded PostgreSQL and migrating: a
 // first start runs initdb, and migrations may wait for another replica's.
+// Waiting for an external database to become reachable has its own bound,
+// --db-connect-timeout, on top.
 const startupTimeout = 2 * time.Minute
 
 // database is the migrated store and, in embedded mode, the PostgreSQL
@@ -26,7 +28,7 @@ type database struct {
 // openDatabase starts the embedded PostgreSQL when no URL is configured,
 // opens the pool and applies the migrations.
 func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *database, err error) {
-	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, startupTimeout+cfg.DBConnectTimeout)
 	defer cancel()
 	db := &database{kind: "external"}
 	defer func() {
@@ -54,14 +56,16 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		storeCfg.URL = db.embedded.ConnString(embeddedpg.DefaultDatabase)
 	}
 
-	db.store, err = store.Open(ctx, storeCfg)
-	if err != nil {
-		return nil, fmt.Errorf("open database: %w", err)
+	// Reach it first: an unreachable database is the common failure, and
+	// its error is clearer than one from inside a migration. The embedded
+	// one is up already, so it gets no retries.
+	connectTimeout := cfg.DBConnectTimeout
+	if cfg.embedded() {
+		connectTimeout = 0
 	}
-	// Ping first: an unreachable database is the common failure, and
-	// its error is clearer than one from inside a migration.
-	if err := db.store.Ping(ctx); err != nil {
-		return nil, fmt.Errorf("reach database: %w", err)
+	db.store, err = connectStore(ctx, storeCfg, connectTimeout, logger)
+	if err != nil {
+		return nil, err
 	}
 	if err := db.store.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("migrate database: %w", err)
