@@ -40,6 +40,9 @@ const usage = `cacheservice stores workflow task outputs and coordinates who com
 
 Usage:
   cacheservice serve [flags]   serve the API (see cacheservice serve -help)
+  cacheservice import-flyte --from URL [flags]
+                               copy a Flyte cache service database into ours
+                               (see cacheservice import-flyte -help)
   cacheservice version         print the version, commit and Go version of this build
   cacheservice help            show this help
 `
@@ -53,6 +56,8 @@ func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 	switch args[0] {
 	case "serve":
 		return serveCommand(ctx, args[1:], env, stdout, stderr)
+	case "import-flyte":
+		return importFlyteCommand(ctx, args[1:], env, stdout, stderr)
 	case "version", "-version", "--version":
 		return versionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
