@@ -17,6 +17,13 @@ import (
 // --db-connect-timeout, on top.
 const startupTimeout = 2 * time.Minute
 
+// errEmbeddedUnavailable is the one line a server started without a
+// database URL prints where no PostgreSQL server binaries exist: in the
+// container image (distroless, no PostgreSQL) above all, where installing
+// them is not the answer, so the URL comes first.
+var errEmbeddedUnavailable = errors.New("no database URL given, and the embedded PostgreSQL is not available in this build or image (no postgres and initdb binaries found): " +
+	"pass --database-url (or CACHESERVICE_DATABASE_URL), or install PostgreSQL's server binaries (e.g. apt-get install postgresql)")
+
 // database is the migrated store and, in embedded mode, the PostgreSQL
 // server behind it.
 type database struct {
@@ -40,9 +47,9 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 	storeCfg := cfg.Store
 	if cfg.embedded() {
 		db.kind = "embedded"
-		// Fail first with the one line that says what to install.
+		// Fail first with the one line that says what to do.
 		if _, err := embeddedpg.FindBinaries(); err != nil {
-			return nil, err
+			return nil, errEmbeddedUnavailable
 		}
 		db.embedded, err = embeddedpg.Start(ctx, embeddedpg.Config{
 			Dir:      cfg.DataDir,
