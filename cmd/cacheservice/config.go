@@ -129,15 +129,19 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.IntVar(&cfg.Sweep.BatchSize, "sweep-batch-size", cfg.Sweep.BatchSize, "most rows one sweeper statement deletes")
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
 
+	bad, unwrap := checkValues(fs)
+	defer unwrap()
 	if err := fs.Parse(args); err != nil {
+		unwrap()
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(output, "Usage: cacheservice serve [flags]\n\n"+
 				"Serves the cache API. Every flag can also be set by the environment variable\n"+
 				"named in its description; a flag on the command line wins.\n\nFlags:\n")
 			fs.SetOutput(output)
 			fs.PrintDefaults()
+			return Config{}, err
 		}
-		return Config{}, err
+		return Config{}, parseError(err, bad)
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q: serve takes flags only", fs.Arg(0))
@@ -182,7 +186,7 @@ func applyEnv(fs *flag.FlagSet, env lookupEnv) error {
 			return
 		}
 		if setErr := fs.Set(f.Name, v); setErr != nil {
-			err = fmt.Errorf("invalid value %q for %s: %w", v, name, setErr)
+			err = fmt.Errorf("%s (--%s): %w", name, f.Name, setErr)
 		}
 	})
 	return err
@@ -259,7 +263,23 @@ func opt(flagName string) string {
 // suffix: 4194304, 4096KiB and 4MiB are the same.
 type byteSize int
 
-func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+// String shows the size in the largest binary unit that divides it, as the
+// README and -help's defaults write it: 1MiB, not 1048576.
+func (b *byteSize) String() string {
+	if b == nil {
+		return "0"
+	}
+	n := int(*b)
+	for _, u := range []struct {
+		suffix string
+		size   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.Itoa(n/u.size) + u.suffix
+		}
+	}
+	return strconv.Itoa(n)
+}
 
 func (b *byteSize) Set(s string) error {
 	num, unit := s, 1
@@ -274,7 +294,7 @@ func (b *byteSize) Set(s string) error {
 	}
 	n, err := strconv.Atoi(num)
 	if err != nil || n < 0 || n > math.MaxInt32/unit {
-		return errors.New("want a number of bytes such as 1048576 or 1MiB")
+		return fmt.Errorf("%q is not a size: want a number of bytes, or one with a KiB, MiB or GiB suffix, such as 1MiB", s)
 	}
 	*b = byteSize(n * unit)
 	return nil

@@ -77,7 +77,9 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case err != nil:
-		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
+		// One line, as the README promises: a log collector or a person
+		// reading `kubectl logs` sees the whole reason at once.
+		fmt.Fprintf(stderr, "cacheservice: %v (see cacheservice serve -help)\n", oneLine(err))
 		return exitUsage
 	}
 	logger := newLogger(stderr, cfg)
