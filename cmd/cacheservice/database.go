@@ -57,6 +57,9 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 			Durable:  true,
 			Logger:   logger.With(slog.String("component", "postgres")),
 		})
+		if errors.Is(err, embeddedpg.ErrUnreachableDir) {
+			return nil, fmt.Errorf("%w; pass %s a directory that user can reach, such as /var/lib/cacheservice, or open up that parent", err, opt("data-dir"))
+		}
 		if err != nil {
 			return nil, err
 		}
