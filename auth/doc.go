@@ -2,8 +2,8 @@
 // authenticates each call (a static bearer token, an OIDC/JWT bearer token, a
 // verified mTLS client certificate, or the caller's network), and authorizes
 // it against the grants of the auth file for the procedure's role and the
-// request's scope, in one Connect interceptor, before any handler runs (see
-// ../shared/DESIGN.md, "Access control").
+// request's scope, in one Connect interceptor, before any handler runs (the
+// README's "Security" section is the operator's view).
 //
 // It owns how credentials are verified, the auth file's reloading (package
 // authfile parses it), the procedure-to-role table and the audit line of

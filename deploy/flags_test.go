@@ -15,15 +15,7 @@ import (
 // failing the test; any other missing flag fails it. The wiring change empties this set (the test
 // logs entries that -help already prints, so they can go).
 var notYetWired = map[string]bool{
-	"auth-file":           true,
-	"tls-cert-file":       true,
-	"tls-key-file":        true,
-	"tls-client-ca-file":  true,
-	"oidc-issuer":         true,
-	"oidc-audience":       true,
-	"trusted-proxies":     true,
-	"insecure-allow-open": true,
-	"db-connect-timeout":  true,
+	"db-connect-timeout": true,
 }
 
 // flagUse is one flag named by a deploy file.

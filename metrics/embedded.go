@@ -13,7 +13,7 @@ func (m *Metrics) WatchEmbeddedPostgres(s *embeddedpg.Server) {
 		return prometheus.Opts{Namespace: namespace, Subsystem: "embedded_postgres", Name: name, Help: help}
 	}
 	m.registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("up", "1 while the embedded PostgreSQL server process runs, else 0.")), func() float64 {
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts(opts("up", "1 while the embedded PostgreSQL server runs and its socket file exists (clients can reach it), else 0.")), func() float64 {
 			if s.State().Running {
 				return 1
 			}

@@ -103,6 +103,13 @@ func New() *Metrics {
 	return m
 }
 
+// Register adds collectors that other parts keep themselves (the
+// authenticator's counters, the TLS certificate's expiry), so that they are
+// served beside the server's own metrics.
+func (m *Metrics) Register(cs ...prometheus.Collector) {
+	m.registry.MustRegister(cs...)
+}
+
 // Handler serves the registry in the Prometheus exposition formats.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -128,7 +130,14 @@ func fuzzRPC(f *testing.F, procedure string) {
 		f.Fatalf("%s needs an entry in fuzzTargets and allowedCodes", procedure)
 	}
 	newReq, check := target.newReq, target.check
-	b := setup(f, manager.DefaultConfig())
+	withAuth := os.Getenv(fuzzAuthEnv) == "1"
+	var header http.Header
+	start := setup
+	if withAuth {
+		start = setupAuthed
+		header = http.Header{"Authorization": {"Bearer " + adminToken}}
+	}
+	b := start(f, manager.DefaultConfig())
 	b.populate(f)
 	f.Fuzz(func(t *testing.T, binary bool, body []byte) {
 		req, valid := decodeRequest(newReq(), binary, body)
@@ -140,8 +149,14 @@ func fuzzRPC(f *testing.F, procedure string) {
 		if binary {
 			contentType = "application/proto"
 		}
-		resp := b.post(ctx, t, procedure, contentType, bytes.NewReader(body), nil)
+		resp := b.post(ctx, t, procedure, contentType, bytes.NewReader(body), header)
 		after := b.state(t, req)
+		if withAuth && resp.code == connect.CodePermissionDenied && (req == nil || req.GetScope().GetOrg() != authedOrg) {
+			// Outside the token's grant: refused before validation.
+			assertNoLeak(t, resp.msg)
+			assertUnchanged(t, before, after)
+			return
+		}
 		o := outcome{req: req, resp: resp, binary: binary, before: before, after: after, sent: sent}
 
 		assertNoLeak(t, resp.msg)

@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -55,6 +56,12 @@ type testBundle struct {
 // storeOpts change the store's configuration.
 func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *testBundle {
 	t.Helper()
+	return setupEdge(t, cfg, nil, storeOpts...)
+}
+
+// setupEdge is setup with authentication by a when a is not nil.
+func setupEdge(t testing.TB, cfg manager.Config, a *auth.Authenticator, storeOpts ...func(*store.Config)) *testBundle {
+	t.Helper()
 	url := pgtest.NewDatabase(t)
 	sc := store.Config{URL: url, MaxConns: 16, Timeout: 10 * time.Second}
 	for _, opt := range storeOpts {
@@ -72,7 +79,7 @@ func setup(t testing.TB, cfg manager.Config, storeOpts ...func(*store.Config)) *
 	t.Cleanup(admin.Close)
 	logs := &logRecorder{}
 	m := manager.New(st, cfg, slog.New(logs))
-	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes}))
+	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes, Auth: a}))
 	srv.Config.Protocols = protocols()
 	srv.Config.ReadHeaderTimeout = 5 * time.Second
 	srv.Start()

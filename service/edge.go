@@ -11,6 +11,7 @@ import (
 	"github.com/rs/cors"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 	"github.com/cacheservice/cacheservice/manager"
@@ -28,11 +29,13 @@ type Options struct {
 	// nil discards them.
 	Logger *slog.Logger
 	// Interceptors run around every RPC of every mounted service, outermost
-	// first, outside the failed-request log and validation: so metrics and
-	// tracing see the requests validation rejects. (An authentication
-	// interceptor belongs after these and before validation: add it in
-	// interceptors below.)
+	// first, outside the failed-request log, authentication and validation:
+	// so metrics and tracing see the requests those refuse.
 	Interceptors []connect.Interceptor
+	// Auth, when set, authenticates and authorizes every call of the API
+	// services (not health, reflection or /readyz) before validation and
+	// the handler, and lets browsers send the Authorization header.
+	Auth *auth.Authenticator
 	// MaxRequestBytes bounds a request body; 0 means DefaultMaxRequestBytes.
 	MaxRequestBytes int
 	// CORSAllowedOrigins lists the browser origins allowed to call, "*" for
@@ -89,8 +92,9 @@ func serviceNames() []string {
 // whatever operator endpoints it serves beside (metrics, pprof).
 //
 // Interceptors run in this order, outermost first: opts.Interceptors
-// (tracing, metrics), the failed-request log, then protovalidate just
-// before the handler.
+// (tracing, metrics), the failed-request log, authentication (opts.Auth),
+// then protovalidate just before the handler: a caller without credentials
+// is counted and logged but learns nothing, not even which field is bad.
 func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -99,6 +103,12 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...), logFailures(opts.Logger))
+	protect := func(h http.Handler) http.Handler { return h }
+	if opts.Auth != nil {
+		interceptors = append(interceptors, opts.Auth.Interceptor())
+		// The interceptor reads the client certificate from the context.
+		protect = auth.Middleware
+	}
 	handlerOpts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(opts.MaxRequestBytes),
 		connect.WithInterceptors(interceptors...),
@@ -106,7 +116,8 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 
 	mux := http.NewServeMux()
 	for _, s := range mounts {
-		mux.Handle(s.handler(m, handlerOpts...))
+		path, h := s.handler(m, handlerOpts...)
+		mux.Handle(path, protect(h))
 	}
 	readiness := NewReadiness(m, opts.Readiness, opts.Logger)
 	mux.Handle(grpchealth.NewHandler(readiness))
@@ -115,20 +126,25 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	return withCORS(mux, opts.CORSAllowedOrigins)
+	return withCORS(mux, opts.CORSAllowedOrigins, opts.Auth != nil)
 }
 
 // withCORS lets the configured browser origins call every protocol Connect
 // serves, and read the headers its errors come back in. Without origins,
-// h is returned as it is and browsers keep their same-origin policy.
-func withCORS(h http.Handler, origins []string) http.Handler {
+// h is returned as it is and browsers keep their same-origin policy. With
+// authentication on, browsers may also send their bearer token.
+func withCORS(h http.Handler, origins []string, authorization bool) http.Handler {
 	if len(origins) == 0 {
 		return h
+	}
+	headers := connectcors.AllowedHeaders()
+	if authorization {
+		headers = append(headers, "Authorization")
 	}
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
 		AllowedMethods: connectcors.AllowedMethods(),
-		AllowedHeaders: connectcors.AllowedHeaders(),
+		AllowedHeaders: headers,
 		ExposedHeaders: connectcors.ExposedHeaders(),
 		MaxAge:         7200, // seconds; browsers cap it lower anyway
 	}).Handler(h)

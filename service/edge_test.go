@@ -11,6 +11,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -82,6 +83,18 @@ func TestEdgeServesEveryProcedureBehindTheCallersInterceptors(t *testing.T) {
 		mu.Unlock()
 		if !ok || code != connect.CodeInvalidArgument {
 			t.Errorf("caller's interceptor saw %s: %v (code %v), want invalid_argument", procedure, ok, code)
+		}
+	}
+}
+
+// TestEveryMountedProcedureHasARole fails when a mounted RPC is missing from
+// auth's role table: with authentication on it would be refused to
+// everyone, and the table is the one place its role must be declared.
+func TestEveryMountedProcedureHasARole(t *testing.T) {
+	t.Parallel()
+	for _, procedure := range service.Procedures() {
+		if _, ok := auth.RoleOf(procedure); !ok {
+			t.Errorf("%s is mounted but has no role in auth's procedure table (auth/role.go)", procedure)
 		}
 	}
 }

@@ -48,7 +48,7 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	defer cancel()
 	e := Entry{ID: id}
 	var uri *string
-	err := s.pool.QueryRow(ctx, `
+	err := s.db.QueryRow(ctx, `
 		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
 			-- A LiteralMap only while the digest matches: a previous
 			-- version's overwrite leaves a stale digest (migration 004).
@@ -102,7 +102,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	// The clock is read once, in a subquery, so created_at and
 	// last_updated_at of a new entry are equal and the max_age test compares
 	// against the same instant that is stored.
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := s.db.Exec(ctx, `
 		INSERT INTO cache_entries AS e
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
 			 literals_sha256, flyte_source)
@@ -135,7 +135,7 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 func (s *Store) DeleteEntry(ctx context.Context, id ID) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx,
+	tag, err := s.db.Exec(ctx,
 		`DELETE FROM cache_entries WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key)
 	if err != nil {

@@ -20,7 +20,7 @@ type Reservation struct {
 func (s *Store) GetReservation(ctx context.Context, id ID) (Reservation, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	return scanReservation(id, s.pool.QueryRow(ctx, `
+	return scanReservation(id, s.db.QueryRow(ctx, `
 		SELECT owner_id, heartbeat_interval_ns, expires_at
 		FROM reservations
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
@@ -32,7 +32,7 @@ func (s *Store) GetReservation(ctx context.Context, id ID) (Reservation, error) 
 func (s *Store) ReleaseReservation(ctx context.Context, id ID, ownerID string) (bool, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, `
+	tag, err := s.db.Exec(ctx, `
 		DELETE FROM reservations
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5`,
 		id.Org, id.Project, id.Domain, id.Key, ownerID)

@@ -69,7 +69,7 @@ func TestRoundTrips(t *testing.T) {
 	}
 	defer pool.Close()
 
-	s := &Store{pool: pool, timeout: 10 * time.Second, lockTimeout: time.Second}
+	s := newStore(pool, 10*time.Second, time.Second)
 	id := ID{"o", "p", "d", "k"}
 	claim := func(owner string) func() error {
 		return func() error {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -102,6 +103,7 @@ func (e *SettingError) Error() string { return e.Setting + " " + e.Problem }
 // Store is a pool of connections to one database.
 type Store struct {
 	pool        *pgxpool.Pool
+	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
 }
@@ -111,8 +113,7 @@ type Store struct {
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	poolCfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
-		// ParseConfigError redacts passwords, but say no more than needed.
-		return nil, fmt.Errorf("parse database url: %w", err)
+		return nil, fmt.Errorf("parse database url: %s", parseProblem(err))
 	}
 	def := DefaultConfig()
 	if cfg.MaxConns <= 0 {
@@ -129,7 +130,49 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
-	return &Store{pool: pool, timeout: cfg.Timeout, lockTimeout: cfg.LockTimeout}, nil
+	return newStore(pool, cfg.Timeout, cfg.LockTimeout), nil
+}
+
+func newStore(pool *pgxpool.Pool, timeout, lockTimeout time.Duration) *Store {
+	s := &Store{pool: pool, timeout: timeout, lockTimeout: lockTimeout}
+	s.db = detached{s: s}
+	return s
+}
+
+// parseProblems are pgconn's reasons for refusing a connection string, in
+// the order to look for them, each with what to say instead.
+var parseProblems = [][2]string{
+	{"failed to parse as URL", "not a valid URL"},
+	{"unterminated quoted string", "a quoted value is not closed"},
+	{"forbidden NUL byte", "it holds a NUL byte"},
+	{"invalid keyword/value", "not valid keyword=value pairs"},
+	{"failed to parse as keyword/value", "not valid keyword=value pairs"},
+	{"could not match", "the numbers of hosts and ports differ"},
+	{"invalid port", "a port is not a number from 1 to 65535"},
+	{"sslmode is invalid", "sslmode is not one of disable, allow, prefer, require, verify-ca, verify-full"},
+	{"invalid sslcertmode", "sslcertmode is invalid"},
+	{"invalid connect_timeout", "connect_timeout is not a number of seconds"},
+	{"failed to configure TLS", "the TLS settings (sslmode, sslrootcert, sslcert, sslkey...) cannot be used"},
+	{"failed to read service", "the service file cannot be read"},
+	{"target_session_attrs", "target_session_attrs is invalid"},
+	{"min_protocol_version", "min_protocol_version or max_protocol_version is invalid"},
+	{"max_protocol_version", "min_protocol_version or max_protocol_version is invalid"},
+	{"channel_binding", "channel_binding is invalid"},
+	{"require_auth", "require_auth is invalid"},
+}
+
+// parseProblem says what is wrong with a connection string without quoting
+// any of it. pgconn's own message redacts the password only when it can
+// parse the string, which it just failed to do (a "password = x" with
+// spaces is printed whole), and its inner errors quote values.
+func parseProblem(err error) string {
+	msg := err.Error()
+	for _, p := range parseProblems {
+		if strings.Contains(msg, p[0]) {
+			return p[1] + " (the string is not shown: it may hold a password)"
+		}
+	}
+	return "not a valid PostgreSQL connection string (the string is not shown: it may hold a password)"
 }
 
 // Close closes every connection of the pool.
@@ -142,13 +185,19 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	return classify("ping", s.pool.Ping(ctx))
+	return classify("ping", s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		return conn.Ping(ctx)
+	}))
 }
+
+// errStoreDeadline is the cause of a context ended by the store's own
+// deadline, which tells it apart from the caller's.
+var errStoreDeadline = fmt.Errorf("%w: the database did not answer within the store's deadline", ErrUnavailable)
 
 // deadline bounds one database call so that a frozen database cannot hang a
 // request, whatever deadline (if any) the caller brought.
 func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
+	return context.WithTimeoutCause(ctx, s.timeout, errStoreDeadline)
 }
 
 // classify turns a pgx error into one of the package's sentinels, wrapped

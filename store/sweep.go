@@ -51,7 +51,7 @@ func (s *Store) deleteBefore(ctx context.Context, table, column string, age time
 		DELETE FROM %[1]s t USING batch b
 		WHERE t.org = b.org AND t.project = b.project AND t.domain = b.domain AND t.key = b.key
 			AND t.%[2]s < (SELECT at FROM cutoff)`, table, column)
-	tag, err := s.pool.Exec(ctx, sql, age, limit)
+	tag, err := s.db.Exec(ctx, sql, age, limit)
 	if err != nil {
 		return 0, classify("delete old "+table, err)
 	}

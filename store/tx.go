@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Tx is a transaction. Row-locking reads exist only here, so no lock can be
@@ -30,32 +31,32 @@ type Tx struct {
 // InTx runs fn in a transaction under the store's deadline, committing when
 // fn returns nil and rolling back otherwise. fn must not make network calls:
 // its locks are held until it returns.
+//
+// The transaction is detached from the caller's cancellation (see detach):
+// a caller that gives up is answered at once, while the transaction runs on
+// to its end in the background, within the store's deadline, and keeps its
+// connection. If the caller has gone by the time fn returns, the
+// transaction rolls back instead of committing: nobody will see its answer.
 func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
+	caller := ctx
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return classify("acquire connection", err)
-	}
-	// Release discards a connection left inside a transaction, so even a
-	// failed rollback cannot hand a lock-holding session to the next caller.
-	defer conn.Release()
-	// COMMIT and ROLLBACK run without the caller's cancellation (but under
-	// the deadline), so that a client hanging up mid-transaction still ends
-	// it cleanly and releases its locks; pgx does not roll back on
-	// cancellation by itself.
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
-	defer endCancel()
-	tx := &Tx{conn: conn.Conn(), lockTimeout: s.lockTimeout}
-	if err := fn(ctx, tx); err != nil {
-		tx.rollback(endCtx)
-		return classify("transaction", err)
-	}
-	if err := tx.commit(endCtx); err != nil {
-		tx.rollback(endCtx)
-		return classify("commit", err)
-	}
-	return nil
+	return s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		tx := &Tx{conn: conn.Conn(), lockTimeout: s.lockTimeout}
+		if err := fn(ctx, tx); err != nil {
+			tx.rollback(ctx)
+			return classify("transaction", err)
+		}
+		if err := caller.Err(); err != nil {
+			tx.rollback(ctx)
+			return fmt.Errorf("transaction: %w", err)
+		}
+		if err := tx.commit(ctx); err != nil {
+			tx.rollback(ctx)
+			return classify("commit", err)
+		}
+		return nil
+	})
 }
 
 // send runs b, preceded by BEGIN and SET LOCAL lock_timeout if the

@@ -8,14 +8,17 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
 	"github.com/cacheservice/cacheservice/store"
+	"github.com/cacheservice/cacheservice/tlsconfig"
 )
 
 // envPrefix namespaces the environment variable of every flag:
@@ -54,6 +57,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// LogLevel is the least severe level logged.
 	LogLevel slog.Level
+	// LogLevelFile, when set, holds the log level, overriding LogLevel; it
+	// is read at start and again on SIGHUP.
+	LogLevelFile string
 	// LogFormat is "text" or "json".
 	LogFormat string
 	// MetricsAddr, when set, serves /metrics (and pprof) on a listener of
@@ -64,7 +70,23 @@ type Config struct {
 	OTLPEndpoint string
 	// PProf mounts net/http/pprof at /debug/pprof/.
 	PProf bool
+	// Auth turns on authentication and authorization when Auth.File is set:
+	// --auth-file, --oidc-issuer, --oidc-audience, --oidc-claim,
+	// --oidc-ca-file and --trusted-proxies. cmd adds the logger.
+	Auth auth.Config
+	// TLS serves the main port over TLS when TLS.CertFile is set:
+	// --tls-cert-file, --tls-key-file and --tls-client-ca-file (mTLS).
+	TLS tlsconfig.Config
+	// InsecureAllowOpen lets a server without authentication listen on a
+	// non-loopback address.
+	InsecureAllowOpen bool
 }
+
+// authOn reports whether calls are authenticated and authorized.
+func (c Config) authOn() bool { return c.Auth.File != "" }
+
+// tlsOn reports whether the main port speaks TLS.
+func (c Config) tlsOn() bool { return c.TLS.CertFile != "" }
 
 // defaultConfig is the configuration without flags or environment: the
 // packages' defaults and cmd's own.
@@ -80,6 +102,7 @@ func defaultConfig() Config {
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
 		LogFormat:        "text",
+		Auth:             auth.Config{OIDCClaim: "sub"},
 	}
 }
 
@@ -103,6 +126,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	maxConns := int(cfg.Store.MaxConns)
 	maxInline, maxRequest := byteSize(cfg.Manager.MaxInlineBytes), byteSize(cfg.MaxRequestBytes)
 	var origins originList
+	var proxies prefixList
 
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "`host:port` to listen on (port 0 picks a free port)")
 	fs.StringVar(&cfg.Store.URL, "database-url", cfg.Store.URL, "PostgreSQL connection `URL` (else env DATABASE_URL); empty runs an embedded PostgreSQL in --data-dir")
@@ -119,6 +143,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
+	fs.StringVar(&cfg.LogLevelFile, "log-level-file", "", "`file` holding the log level (debug, info, warn or error), read at start and on SIGHUP; overrides --log-level")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log `format`: text or json")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "`host:port` of a separate listener for /metrics (and pprof); empty serves them on --addr")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/HTTP base `URL` spans are exported to, such as http://collector:4318; empty leaves it to OTEL_EXPORTER_OTLP_ENDPOINT, tracing off without it")
@@ -127,6 +152,16 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.DurationVar(&cfg.Sweep.ReservationRetention, "reservation-retention", cfg.Sweep.ReservationRetention, "how long after expiry a reservation is deleted")
 	fs.DurationVar(&cfg.Sweep.EntryTTL, "entry-ttl", cfg.Sweep.EntryTTL, "delete entries not updated for this long; 0 keeps them until deleted")
 	fs.IntVar(&cfg.Sweep.BatchSize, "sweep-batch-size", cfg.Sweep.BatchSize, "most rows one sweeper statement deletes")
+	fs.StringVar(&cfg.Auth.File, "auth-file", cfg.Auth.File, "YAML `file` of principals and their grants; turns on authentication and authorization (re-read on SIGHUP and on change)")
+	fs.StringVar(&cfg.Auth.OIDCIssuer, "oidc-issuer", cfg.Auth.OIDCIssuer, "https `URL` of an OIDC issuer whose JWTs are accepted as bearer tokens (needs --auth-file and --oidc-audience)")
+	fs.StringVar(&cfg.Auth.OIDCAudience, "oidc-audience", cfg.Auth.OIDCAudience, "`audience` a JWT must be minted for")
+	fs.StringVar(&cfg.Auth.OIDCClaim, "oidc-claim", cfg.Auth.OIDCClaim, "JWT `claim` whose value names the principal (oidc_identities in the auth file)")
+	fs.StringVar(&cfg.Auth.OIDCCAFile, "oidc-ca-file", cfg.Auth.OIDCCAFile, "PEM `file` of CAs trusted for the OIDC issuer's TLS instead of the system's")
+	fs.Var(&proxies, "trusted-proxies", "comma-separated `CIDRs` or addresses whose X-Forwarded-For is believed when matching networks; default none")
+	fs.StringVar(&cfg.TLS.CertFile, "tls-cert-file", cfg.TLS.CertFile, "PEM certificate chain `file`; serves TLS (HTTP/1.1 and HTTP/2) on --addr, re-read on change")
+	fs.StringVar(&cfg.TLS.KeyFile, "tls-key-file", cfg.TLS.KeyFile, "PEM private key `file` of --tls-cert-file")
+	fs.StringVar(&cfg.TLS.ClientCAFile, "tls-client-ca-file", cfg.TLS.ClientCAFile, "PEM `file` of CAs that client certificates must chain to (mTLS; a certificate names a principal)")
+	fs.BoolVar(&cfg.InsecureAllowOpen, "insecure-allow-open", cfg.InsecureAllowOpen, "without --auth-file, listen on a non-loopback --addr anyway: anyone who reaches it may read, write and delete everything")
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
 
 	bad, unwrap := checkValues(fs)
@@ -160,6 +195,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	cfg.Store.MaxConns = int32(maxConns)
 	cfg.Manager.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
 	cfg.CORSAllowedOrigins = origins
+	cfg.Auth.TrustedProxies = proxies
 	if err := cfg.validate(); err != nil {
 		return Config{}, err
 	}
@@ -229,7 +265,60 @@ func (c Config) validate() error {
 		check(err == nil, "%s %q: want host:port, such as 127.0.0.1:9090", opt("metrics-addr"), c.MetricsAddr)
 	}
 	check(c.LogFormat == "text" || c.LogFormat == "json", "%s must be text or json, got %q", opt("log-format"), c.LogFormat)
+	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
+}
+
+// validateSecurity checks the TLS and authentication flags together: each
+// message names the flag that is missing its partner.
+func (c Config) validateSecurity() []error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.TLS.CertFile == "" || c.TLS.KeyFile != "", "%s needs %s", opt("tls-cert-file"), opt("tls-key-file"))
+	check(c.TLS.KeyFile == "" || c.TLS.CertFile != "", "%s needs %s", opt("tls-key-file"), opt("tls-cert-file"))
+	check(c.TLS.ClientCAFile == "" || c.tlsOn(), "%s needs %s: client certificates are verified in the TLS handshake", opt("tls-client-ca-file"), opt("tls-cert-file"))
+	check(c.TLS.ClientCAFile == "" || c.authOn(), "%s needs %s: a certificate's identity gets its grants from it", opt("tls-client-ca-file"), opt("auth-file"))
+	oidc := c.Auth.OIDCIssuer != ""
+	check(c.Auth.OIDCAudience == "" || oidc, "%s needs %s", opt("oidc-audience"), opt("oidc-issuer"))
+	check(c.Auth.OIDCCAFile == "" || oidc, "%s needs %s", opt("oidc-ca-file"), opt("oidc-issuer"))
+	check(c.Auth.OIDCClaim != "", "%s must not be empty", opt("oidc-claim"))
+	if oidc {
+		u, err := url.Parse(c.Auth.OIDCIssuer)
+		check(err == nil && u.Scheme == "https" && u.Host != "", "%s %q: want an https URL such as https://issuer.example.com", opt("oidc-issuer"), c.Auth.OIDCIssuer)
+		check(c.Auth.OIDCAudience != "", "%s needs %s: without it a token minted for any other service would be accepted", opt("oidc-issuer"), opt("oidc-audience"))
+		check(c.authOn(), "%s needs %s: a token's identity gets its grants from it", opt("oidc-issuer"), opt("auth-file"))
+	}
+	check(len(c.Auth.TrustedProxies) == 0 || c.authOn(), "%s needs %s: forwarded addresses matter only to network principals", opt("trusted-proxies"), opt("auth-file"))
+	return errs
+}
+
+// exposed says why the configuration may not start: a server without
+// authentication on an address others can reach, unless the operator said
+// so with --insecure-allow-open. Empty when it may start.
+func (c Config) exposed() string {
+	if c.authOn() || c.InsecureAllowOpen || loopback(c.Addr) {
+		return ""
+	}
+	return fmt.Sprintf("refusing to listen on %s without authentication: anyone who reaches it could read, write and delete every entry; set %s, or %s behind a firewall or NetworkPolicy, or listen on 127.0.0.1",
+		c.Addr, opt("auth-file"), opt("insecure-allow-open"))
+}
+
+// loopback reports whether addr's host reaches only this machine: localhost,
+// 127.0.0.0/8 or ::1. An empty host or 0.0.0.0 listens on every interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // flagErrors rewrites the bound errors of the packages' Validate functions
@@ -297,6 +386,26 @@ func (b *byteSize) Set(s string) error {
 		return fmt.Errorf("%q is not a size: want a number of bytes, or one with a KiB, MiB or GiB suffix, such as 1MiB", s)
 	}
 	*b = byteSize(n * unit)
+	return nil
+}
+
+// prefixList is --trusted-proxies: CIDRs or single addresses.
+type prefixList []netip.Prefix
+
+func (p *prefixList) String() string {
+	parts := make([]string, len(*p))
+	for i, x := range *p {
+		parts[i] = x.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (p *prefixList) Set(s string) error {
+	list, err := auth.ParsePrefixes(s)
+	if err != nil {
+		return err
+	}
+	*p = list
 	return nil
 }
 

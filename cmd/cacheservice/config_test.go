@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
@@ -43,6 +44,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		LogFormat:        "text",
 		// MaxBatches has no flag: it keeps the sweeper's default.
 		Sweep: manager.SweepConfig{Interval: time.Minute, ReservationRetention: time.Hour, BatchSize: 1000, MaxBatches: 100},
+		Auth:  auth.Config{OIDCClaim: "sub"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults = %+v, want %+v", got, want)
@@ -164,6 +166,19 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, `CACHESERVICE_PPROF (--pprof): "maybe" is not a boolean`},
 		{"negative connect timeout", []string{"--db-connect-timeout=-1s"}, nil, "--db-connect-timeout (CACHESERVICE_DB_CONNECT_TIMEOUT) must be between 0 and 1h0m0s"},
 		{"huge connect timeout", nil, map[string]string{"CACHESERVICE_DB_CONNECT_TIMEOUT": "2h"}, "--db-connect-timeout"},
+		{"certificate without key", []string{"--tls-cert-file=c.pem"}, nil, "--tls-cert-file (CACHESERVICE_TLS_CERT_FILE) needs --tls-key-file"},
+		{"key without certificate", nil, map[string]string{"CACHESERVICE_TLS_KEY_FILE": "k.pem"}, "--tls-key-file (CACHESERVICE_TLS_KEY_FILE) needs --tls-cert-file"},
+		{"client CA without TLS", []string{"--tls-client-ca-file=ca.pem", "--auth-file=a.yaml"}, nil, "--tls-client-ca-file (CACHESERVICE_TLS_CLIENT_CA_FILE) needs --tls-cert-file"},
+		{"client CA without auth file", []string{"--tls-client-ca-file=ca.pem", "--tls-cert-file=c", "--tls-key-file=k"}, nil, "--tls-client-ca-file (CACHESERVICE_TLS_CLIENT_CA_FILE) needs --auth-file"},
+		{"audience without issuer", []string{"--oidc-audience=cache"}, nil, "--oidc-audience (CACHESERVICE_OIDC_AUDIENCE) needs --oidc-issuer"},
+		{"issuer without audience", []string{"--oidc-issuer=https://issuer.example.com", "--auth-file=a.yaml"}, nil, "--oidc-issuer (CACHESERVICE_OIDC_ISSUER) needs --oidc-audience"},
+		{"issuer without auth file", []string{"--oidc-issuer=https://issuer.example.com", "--oidc-audience=cache"}, nil, "--oidc-issuer (CACHESERVICE_OIDC_ISSUER) needs --auth-file"},
+		{"issuer over http", []string{"--oidc-issuer=http://issuer.example.com", "--oidc-audience=cache", "--auth-file=a.yaml"}, nil, "want an https URL"},
+		{"oidc CA without issuer", []string{"--oidc-ca-file=ca.pem"}, nil, "--oidc-ca-file (CACHESERVICE_OIDC_CA_FILE) needs --oidc-issuer"},
+		{"empty claim", []string{"--oidc-claim="}, nil, "--oidc-claim"},
+		{"bad trusted proxy", []string{"--trusted-proxies=10.0.0.1/8", "--auth-file=a.yaml"}, nil, "host bits set"},
+		{"trusted proxies without auth file", nil, map[string]string{"CACHESERVICE_TRUSTED_PROXIES": "10.0.0.0/8"}, "--trusted-proxies (CACHESERVICE_TRUSTED_PROXIES) needs --auth-file"},
+		{"unparsable insecure-allow-open", nil, map[string]string{"CACHESERVICE_INSECURE_ALLOW_OPEN": "perhaps"}, `CACHESERVICE_INSECURE_ALLOW_OPEN (--insecure-allow-open): "perhaps" is not a boolean`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -275,6 +290,43 @@ func TestHelpShowsByteSizesWithTheirUnit(t *testing.T) {
 		var back byteSize
 		if err := back.Set(want); err != nil || back != n {
 			t.Errorf("Set(%q) = %d, %v; want %d", want, int(back), err, int(n))
+		}
+	}
+}
+
+// TestServeRefusesToListenOpenWithoutAuthentication checks the guard of an
+// unauthenticated server: off loopback it exits 2 with one line naming the
+// two ways out, before it opens anything; on loopback, with --auth-file or
+// with --insecure-allow-open the guard lets it through.
+func TestServeRefusesToListenOpenWithoutAuthentication(t *testing.T) {
+	for _, addr := range []string{":8094", "0.0.0.0:8094", "[::]:8094", "192.0.2.1:8094", "cache.example.com:8094"} {
+		t.Run(addr, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := cli(context.Background(), []string{"serve", "--addr", addr}, noEnv, &stdout, &stderr)
+			if code != exitUsage {
+				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitUsage, &stderr)
+			}
+			out := strings.TrimSuffix(stderr.String(), "\n")
+			if strings.Contains(out, "\n") || !strings.Contains(out, "refusing to listen on "+addr) ||
+				!strings.Contains(out, "--auth-file") || !strings.Contains(out, "--insecure-allow-open") {
+				t.Errorf("stderr = %q, want one line refusing %s and naming --auth-file and --insecure-allow-open", out, addr)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		cfg  Config
+		open bool
+	}{
+		{Config{Addr: "127.0.0.1:8094"}, false},
+		{Config{Addr: "127.1.2.3:0"}, false},
+		{Config{Addr: "[::1]:8094"}, false},
+		{Config{Addr: "localhost:8094"}, false},
+		{Config{Addr: ":8094", InsecureAllowOpen: true}, false},
+		{Config{Addr: "0.0.0.0:8094", Auth: auth.Config{File: "auth.yaml"}}, false},
+		{Config{Addr: "[::ffff:10.0.0.1]:8094"}, true},
+	} {
+		if got := tt.cfg.exposed() != ""; got != tt.open {
+			t.Errorf("exposed(%+v) refuses = %v, want %v", tt.cfg, got, tt.open)
 		}
 	}
 }

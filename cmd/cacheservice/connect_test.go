@@ -64,7 +64,7 @@ func runUntilError(t *testing.T, limit time.Duration, args ...string) (error, st
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln) }()
+	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln, nil) }()
 	select {
 	case err := <-done:
 		return err, logs.String()

@@ -5,7 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cacheservice/cacheservice/internal/embeddedpg"
 	"github.com/cacheservice/cacheservice/store"
@@ -23,6 +28,10 @@ const startupTimeout = 2 * time.Minute
 // them is not the answer, so the URL comes first.
 var errEmbeddedUnavailable = errors.New("no database URL given, and the embedded PostgreSQL is not available in this build or image (no postgres and initdb binaries found): " +
 	"pass --database-url (or CACHESERVICE_DATABASE_URL), or install PostgreSQL's server binaries (e.g. apt-get install postgresql)")
+
+// embeddedSupervise is how often the embedded PostgreSQL is checked for
+// reachability: a stat of its socket file, so cheap enough to do often.
+const embeddedSupervise = time.Second
 
 // database is the migrated store and, in embedded mode, the PostgreSQL
 // server behind it.
@@ -45,6 +54,17 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 	}()
 
 	storeCfg := cfg.Store
+	if !cfg.embedded() {
+		// No error may echo the operator's connection string: its password,
+		// and its other parts too, since a malformed one has no reliable
+		// boundary between them.
+		url := storeCfg.URL
+		defer func() {
+			if err != nil {
+				err = redact(err, url)
+			}
+		}()
+	}
 	if cfg.embedded() {
 		db.kind = "embedded"
 		// Fail first with the one line that says what to do.
@@ -56,6 +76,9 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 			Database: embeddedpg.DefaultDatabase,
 			Durable:  true,
 			Logger:   logger.With(slog.String("component", "postgres")),
+			// A lost socket file or a dead postmaster is noticed and
+			// repaired within about this long.
+			Supervise: embeddedSupervise,
 		})
 		if errors.Is(err, embeddedpg.ErrUnreachableDir) {
 			return nil, fmt.Errorf("%w; pass %s a directory that user can reach, such as /var/lib/cacheservice, or open up that parent", err, opt("data-dir"))
@@ -81,6 +104,44 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 		return nil, fmt.Errorf("migrate database: %w", err)
 	}
 	return db, nil
+}
+
+// redactedError is an error whose text has every part of a connection
+// string blanked out; errors.Is and As still see the original.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redact blanks out of err's text every value of the connection string
+// connString: password, user, database, hosts, ports and run-time
+// parameters (names and values, which PostgreSQL quotes back when it
+// rejects one). A string that does not parse never reaches an error (the
+// store says only what is wrong with it), so its values need no finding.
+func redact(err error, connString string) error {
+	cfg, parseErr := pgconn.ParseConfig(connString)
+	if parseErr != nil {
+		return err
+	}
+	secrets := []string{connString, cfg.Password, cfg.User, cfg.Database, cfg.Host, strconv.Itoa(int(cfg.Port))}
+	for _, fb := range cfg.Fallbacks {
+		secrets = append(secrets, fb.Host, strconv.Itoa(int(fb.Port)))
+	}
+	for k, v := range cfg.RuntimeParams {
+		secrets = append(secrets, k, v)
+	}
+	// Longest first, so a value inside another is not left half blanked.
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	msg := err.Error()
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "[redacted]")
+		}
+	}
+	return &redactedError{msg: msg, err: err}
 }
 
 // close closes the pool, then stops the embedded PostgreSQL (which would

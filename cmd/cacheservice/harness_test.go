@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -58,10 +59,14 @@ func startServerWith(t *testing.T, args ...string) *testServer {
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln) }()
+	go func() { done <- run(ctx, cfg, newLogger(logs, cfg), ln, nil) }()
 
 	var once sync.Once
-	srv := &testServer{url: "http://" + ln.Addr().String(), logs: logs}
+	scheme := "http://"
+	if cfg.tlsOn() {
+		scheme = "https://"
+	}
+	srv := &testServer{url: scheme + ln.Addr().String(), logs: logs}
 	srv.stop = func() {
 		t.Helper()
 		once.Do(func() {
@@ -90,7 +95,10 @@ func startServerWith(t *testing.T, args ...string) *testServer {
 // failing at once if run returns first.
 func (s *testServer) waitServing(t *testing.T, done <-chan error) {
 	t.Helper()
-	client := grpchealth.NewClient(http1Client(t), s.url)
+	hc := http1Client(t)
+	// Only readiness is polled here: the tests of TLS check the certificate.
+	hc.Transport.(*http.Transport).TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	client := grpchealth.NewClient(hc, s.url)
 	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -26,6 +26,8 @@ const (
 	exitUsage = 2
 )
 
+// main stops gracefully on SIGINT or SIGTERM; SIGHUP reloads what can be
+// reloaded (see reloader) and never stops it.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -82,13 +84,25 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 		fmt.Fprintf(stderr, "cacheservice: %v (see cacheservice serve -help)\n", oneLine(err))
 		return exitUsage
 	}
-	logger := newLogger(stderr, cfg)
+	if why := cfg.exposed(); why != "" {
+		fmt.Fprintf(stderr, "cacheservice: %s\n", why)
+		return exitUsage
+	}
+	level, err := initialLogLevel(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "cacheservice: %v\n", oneLine(err))
+		return exitUsage
+	}
+	logger := newLeveledLogger(stderr, cfg.LogFormat, level)
+	reloads := &reloader{}
+	reloads.add("log level", logLevelReload(cfg, level))
+	defer reloads.watch(ctx, logger)()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		fmt.Fprintf(stderr, "cacheservice: %v\n", err)
 		return exitFail
 	}
-	if err := run(ctx, cfg, logger, ln); err != nil {
+	if err := run(ctx, cfg, logger, ln, reloads); err != nil {
 		fmt.Fprintf(stderr, "cacheservice: %v\n", oneLine(err))
 		return exitFail
 	}

@@ -64,8 +64,16 @@ func (ops *operations) interceptors() []connect.Interceptor {
 // start mounts /metrics (and pprof when enabled) on mux, or on a listener
 // of their own when --metrics-addr is set, and starts the sweeper; both
 // stop when ctx ends. stop waits for them.
+//
+// With authentication on, they are never mounted on the main port: there
+// they would answer anyone, beside an API that asks for credentials. Without
+// --metrics-addr they are then not served at all, and a line says so.
 func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager.Manager) error {
 	admin := mux
+	if ops.cfg.MetricsAddr == "" && ops.cfg.authOn() {
+		admin = nil
+		ops.logger.Warn("/metrics and pprof are not served: with --auth-file they are served only on --metrics-addr, which is empty")
+	}
 	if ops.cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", ops.cfg.MetricsAddr)
 		if err != nil {
@@ -76,6 +84,17 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		ops.logger.Info("metrics listening", slog.String("addr", ln.Addr().String()))
 		ops.background.Go(func() { ops.adminErr <- serve(ctx, srv, ln, ops.cfg.ShutdownTimeout, ops.logger) })
 	}
+	if admin != nil {
+		ops.mountAdmin(admin)
+	}
+	if ops.cfg.Sweep.Interval > 0 {
+		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep) })
+	}
+	return nil
+}
+
+// mountAdmin mounts /metrics, and pprof when enabled, on admin.
+func (ops *operations) mountAdmin(admin *http.ServeMux) {
 	admin.Handle("/metrics", ops.metrics.Handler())
 	if ops.cfg.PProf {
 		admin.HandleFunc("/debug/pprof/", pprof.Index)
@@ -84,10 +103,6 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	if ops.cfg.Sweep.Interval > 0 {
-		ops.background.Go(func() { m.RunSweeper(ctx, ops.cfg.Sweep) })
-	}
-	return nil
 }
 
 // stop waits for the background work, which ends with the ctx given to

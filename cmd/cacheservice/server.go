@@ -16,8 +16,13 @@ import (
 // run serves the cache API on ln until ctx ends, then shuts down in order:
 // stop accepting and finish in-flight requests, close the pool, stop the
 // embedded PostgreSQL.
-func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) (err error) {
+func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, reloads *reloader) (err error) {
 	defer ln.Close()
+	sec, err := newSecurity(ctx, cfg, logger, reloads)
+	if err != nil {
+		return err
+	}
+	defer sec.stop()
 	db, err := openDatabase(ctx, cfg, logger)
 	if err != nil {
 		return err
@@ -38,7 +43,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 		Interceptors:       ops.interceptors(),
 		MaxRequestBytes:    cfg.MaxRequestBytes,
 		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
+		Auth:               sec.auth,
 	}))
+	ops.metrics.Register(sec.collectors()...)
 
 	// The sweeper and the metrics listener stop with ctx, or when the API
 	// server fails; the pool closes only after they are done.
@@ -49,7 +56,12 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener) 
 	}
 
 	srv := newHTTPServer(mux, logger)
-	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind))
+	sec.serveTLS(srv)
+	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind),
+		slog.Bool("tls", sec.tls != nil), slog.Bool("auth", sec.auth != nil))
+	if sec.auth == nil && !loopback(cfg.Addr) {
+		logger.Warn("no authentication: anyone who reaches this address may read, write and delete every entry (--insecure-allow-open)")
+	}
 	return serve(ctx, srv, ln, cfg.ShutdownTimeout, logger)
 }
 
@@ -78,7 +90,13 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 // closing connections that are still busy after timeout.
 func serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() {
+		if srv.TLSConfig != nil {
+			served <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)

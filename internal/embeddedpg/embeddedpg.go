@@ -41,6 +41,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Settings are extra postgres -c settings, applied after (so overriding) ours.
 	Settings map[string]string
+	// Supervise, when positive, is how often a supervisor checks that the cluster can be reached
+	// (its postmaster runs and its socket file exists) and restarts it when not. Zero leaves
+	// restarts to the caller, as tests that stop the cluster on purpose need.
+	Supervise time.Duration
 }
 
 const (
@@ -69,6 +73,9 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *process // the current or last postmaster
+	lock *os.File // Dir, flocked from Start (or Restart) until Stop
+
+	stopSupervising func() // set while the supervisor runs
 
 	starts, unexpectedExits atomic.Int64 // for State
 }
@@ -76,11 +83,27 @@ type Server struct {
 // Start initializes the cluster on first use, starts it, waits until it accepts connections and
 // creates cfg.Database if missing. On later starts it finds the existing cluster and keeps its
 // data. ctx bounds only the start: the cluster runs until Stop, or until this process dies.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
+//
+// Dir is locked first: a second Start on it, in this process or another, fails at once with
+// ErrInUse. A Start that fails after creating Dir removes it again.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s, err := newServer(cfg)
 	if err != nil {
 		return nil, err
 	}
+	created, err := s.lockDir()
+	if err != nil {
+		return nil, fmt.Errorf("start embedded postgresql: %w", err)
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if created {
+			_ = os.RemoveAll(s.cfg.Dir) // still locked: nobody else can be using it
+		}
+		s.unlockDir()
+	}()
 	if err := s.prepareDir(); err != nil {
 		return nil, err
 	}
@@ -94,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.stopAfterFailure(ctx)
 		return nil, err
 	}
+	s.startSupervisor()
 	return s, nil
 }
 
@@ -139,17 +163,10 @@ func newServer(cfg Config) (*Server, error) {
 	}, nil
 }
 
-// prepareDir creates Dir and, when we are root, hands it to the postgres user and checks that
-// user can reach it.
+// prepareDir, when we are root, hands Dir (created by lockDir) to the postgres user and checks
+// that user can reach it.
 func (s *Server) prepareDir() error {
 	dir := s.cfg.Dir
-	// Parents are made world-searchable so the postgres user can reach Dir; Dir itself is private.
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("create parent of %s: %w", dir, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
 	if s.acct == nil {
 		return nil
 	}
@@ -224,9 +241,14 @@ func (s *Server) Restart(ctx context.Context) error {
 	if err := s.Stop(ctx); err != nil {
 		return fmt.Errorf("restart embedded postgresql: %w", err)
 	}
-	if err := s.launch(ctx); err != nil {
+	if _, err := s.lockDir(); err != nil {
 		return fmt.Errorf("restart embedded postgresql: %w", err)
 	}
+	if err := s.launch(ctx); err != nil {
+		s.unlockDir()
+		return fmt.Errorf("restart embedded postgresql: %w", err)
+	}
+	s.startSupervisor()
 	return nil
 }
 

@@ -77,6 +77,7 @@ func connect(t *testing.T, s *Server, database string) *pgx.Conn {
 }
 
 func TestStartKeepsDataAcrossRestarts(t *testing.T) {
+	t.Parallel()
 	dir := newDir(t)
 	began := time.Now()
 	s := start(t, Config{Dir: dir, Durable: true})
@@ -107,6 +108,7 @@ func TestStartKeepsDataAcrossRestarts(t *testing.T) {
 }
 
 func TestStartListensOnlyOnUnixSocket(t *testing.T) {
+	t.Parallel()
 	dir := newDir(t)
 	began := time.Now()
 	s := start(t, Config{Dir: dir, Database: "other"})
@@ -132,7 +134,8 @@ func TestStartListensOnlyOnUnixSocket(t *testing.T) {
 }
 
 func TestRestartKeepsConnString(t *testing.T) {
-	s := start(t, Config{Dir: newDir(t)})
+	t.Parallel()
+	s := start(t, Config{Dir: initializedDir(t)})
 	if err := s.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +156,7 @@ func TestRestartKeepsConnString(t *testing.T) {
 }
 
 func TestFindBinariesFindsInstalledServer(t *testing.T) {
+	t.Parallel()
 	dir, err := FindBinaries()
 	if err != nil {
 		t.Fatal(err)
@@ -175,6 +179,7 @@ func TestFindBinariesFindsInstalledServer(t *testing.T) {
 }
 
 func TestFindBinariesPrefersNewestVersion(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	for _, v := range []string{"9.6", "16", "10", "17"} {
 		bin := filepath.Join(root, v, "bin")
@@ -201,6 +206,7 @@ func TestFindBinariesPrefersNewestVersion(t *testing.T) {
 }
 
 func TestFindBinariesErrorSaysWhatToInstall(t *testing.T) {
+	t.Parallel()
 	notFound := func(string) (string, error) { return "", exec.ErrNotFound }
 	_, err := findBinaries(notFound, filepath.Join(t.TempDir(), "*", "bin"))
 	if !errors.Is(err, ErrNoBinaries) {
@@ -218,6 +224,7 @@ func TestFindBinariesErrorSaysWhatToInstall(t *testing.T) {
 }
 
 func TestStartRejectsLongSocketPath(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(os.TempDir(), strings.Repeat("d", 100))
 	_, err := Start(t.Context(), Config{Dir: dir})
 	if err == nil || !strings.Contains(err.Error(), "107-byte") {
@@ -229,6 +236,7 @@ func TestStartRejectsLongSocketPath(t *testing.T) {
 }
 
 func TestStartRejectsDirPostgresCannotReach(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("only root hands the cluster to another user")
 	}
@@ -245,7 +253,8 @@ func TestStartRejectsDirPostgresCannotReach(t *testing.T) {
 // TestPostgresDiesWithParent kills a process running an embedded cluster with SIGKILL, which
 // leaves it no chance to clean up, and checks the postmaster shuts itself down with the data kept.
 func TestPostgresDiesWithParent(t *testing.T) {
-	dir := newDir(t)
+	t.Parallel()
+	dir := initializedDir(t)
 	helper := exec.Command(os.Args[0], "-test.run=^TestHelperStartAndWait$", "-test.v")
 	helper.Env = append(os.Environ(), helperDirEnv+"="+dir)
 	helper.Stderr = os.Stderr
@@ -330,6 +339,7 @@ func TestHelperStartAndWait(t *testing.T) {
 }
 
 func TestWaitForOldPostmasterWaitsForLiveOne(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	old := exec.Command("sleep", "1")
 	old.Dir = dataDir // a postmaster runs in its data directory
@@ -349,6 +359,7 @@ func TestWaitForOldPostmasterWaitsForLiveOne(t *testing.T) {
 }
 
 func TestWaitForOldPostmasterIgnoresReusedPid(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	other := exec.Command("sleep", "10")
 	other.Dir = t.TempDir() // not the data directory: some unrelated process that got the pid
@@ -374,6 +385,7 @@ func writePid(t *testing.T, dataDir string, pid int) {
 }
 
 func TestLevelOf(t *testing.T) {
+	t.Parallel()
 	for line, want := range map[string]slog.Level{
 		"LOG:  database system is ready to accept connections":        slog.LevelDebug,
 		"ERROR:  duplicate key value violates unique constraint":      slog.LevelDebug,
@@ -393,6 +405,7 @@ func TestLevelOf(t *testing.T) {
 }
 
 func TestConnStringQuotesOddPaths(t *testing.T) {
+	t.Parallel()
 	s := &Server{sockDir: `/tmp/a b'c\d`}
 	cfg, err := pgconn.ParseConfig(s.ConnString("my db"))
 	if err != nil {
@@ -404,7 +417,8 @@ func TestConnStringQuotesOddPaths(t *testing.T) {
 }
 
 func TestStopForcesShutdownWhenContextEnds(t *testing.T) {
-	dir := newDir(t)
+	t.Parallel()
+	dir := initializedDir(t)
 	s := start(t, Config{Dir: dir})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -419,4 +433,15 @@ func TestStopForcesShutdownWhenContextEnds(t *testing.T) {
 	if err := connect(t, start(t, Config{Dir: dir}), DefaultDatabase).Ping(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ping connects to s's default database once.
+func ping(t *testing.T, s *Server) error {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), s.ConnString(DefaultDatabase))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.Ping(t.Context())
 }

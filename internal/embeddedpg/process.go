@@ -173,6 +173,15 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 // If ctx ends first it escalates to an immediate shutdown (SIGQUIT) and, after 5 more seconds, to
 // SIGKILL for the whole process group, and returns an error. Stopping a stopped server is a no-op.
 func (s *Server) Stop(ctx context.Context) error {
+	// The lock outlives the postmaster, never the other way round; the
+	// supervisor must not start it again behind our back.
+	s.stopSupervisor()
+	defer s.unlockDir()
+	return s.stopPostmaster(ctx)
+}
+
+// stopPostmaster is Stop without releasing the directory's lock.
+func (s *Server) stopPostmaster(ctx context.Context) error {
 	p := s.current()
 	if p == nil {
 		return nil
@@ -212,7 +221,7 @@ func (s *Server) Stop(ctx context.Context) error {
 func (s *Server) stopAfterFailure(ctx context.Context) {
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := s.Stop(stopCtx); err != nil {
+	if err := s.stopPostmaster(stopCtx); err != nil {
 		s.cfg.Logger.Error("stop embedded postgresql after failed start", slog.Any("error", err))
 	}
 }

@@ -2,7 +2,8 @@ package embeddedpg
 
 // State is what an operator may want to see of the cluster, for metrics.
 type State struct {
-	// Running is true while the postmaster process is alive.
+	// Running is true while the postmaster process is alive and its socket file exists, that is
+	// while clients can reach it.
 	Running bool
 	// Starts counts the times the postmaster started and accepted
 	// connections: the first start and every restart.
@@ -19,7 +20,7 @@ func (s *Server) State() State {
 		select {
 		case <-p.done:
 		default:
-			running = true
+			running = s.socketPresent()
 		}
 	}
 	return State{Running: running, Starts: s.starts.Load(), UnexpectedExits: s.unexpectedExits.Load()}

@@ -7,7 +7,8 @@ import (
 )
 
 func TestStateFollowsStopRestartAndCrash(t *testing.T) {
-	s := start(t, Config{Dir: newDir(t)})
+	t.Parallel()
+	s := start(t, Config{Dir: initializedDir(t)})
 	want := func(step string, want State) {
 		t.Helper()
 		if got := s.State(); got != want {

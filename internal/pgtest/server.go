@@ -15,6 +15,13 @@ import (
 // about a second; connect with ConnString(embeddedpg.DefaultDatabase).
 func StartServer(t testing.TB) *embeddedpg.Server {
 	t.Helper()
+	return StartServerWith(t, nil)
+}
+
+// StartServerWith is StartServer with extra postgres settings, such as a low
+// max_connections.
+func StartServerWith(t testing.TB, settings map[string]string) *embeddedpg.Server {
+	t.Helper()
 	// Under the cluster parent, not t.TempDir, whose private parent the
 	// postgres user cannot enter.
 	dir, err := os.MkdirTemp(clusterParent(), "pgtest-own-")
@@ -24,7 +31,7 @@ func StartServer(t testing.TB) *embeddedpg.Server {
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	s, err := embeddedpg.Start(ctx, embeddedpg.Config{Dir: dir, Durable: false})
+	s, err := embeddedpg.Start(ctx, embeddedpg.Config{Dir: dir, Durable: false, Settings: settings})
 	if err != nil {
 		t.Fatalf("pgtest: start own cluster: %v", err)
 	}

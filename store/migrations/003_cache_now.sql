@@ -1,4 +1,4 @@
--- One clock (DESIGN.md "One clock"): every time that decides anything (lease
+-- One clock (docs/ARCHITECTURE.md, "The clock"): every time that decides anything (lease
 -- expiry and takeover, max_age, created/updated timestamps, the sweeper's
 -- cutoffs) is read from this function, so replicas whose own clocks disagree
 -- still agree, and tests can move time without sleeping.
