@@ -5,13 +5,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
-	"google.golang.org/protobuf/types/known/emptypb"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/cacheservice/cacheservice/internal/embeddedpg"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -90,13 +92,16 @@ func TestLivezAnswersWhileTheDatabaseIsDown(t *testing.T) {
 	}
 }
 
-// TestHealthListIsUnimplementedAndNotAdvertised: grpchealth v1.5.0 serves
-// Check and Watch only. List must then answer unimplemented over gRPC and
-// Connect (not hang, not internal), and reflection must not offer it.
-func TestHealthListIsUnimplementedAndNotAdvertised(t *testing.T) {
+// TestHealthListAnswersWhatReflectionAdvertises: reflection lists
+// grpc.health.v1.Health/List whenever grpc-go's health descriptor is linked
+// in (it is, in cacheservice), and grpchealth v1.5.0 does not serve it; the
+// edge does, over gRPC and Connect: the whole server and every mounted
+// service, SERVING with the database up.
+func TestHealthListAnswersWhatReflectionAdvertises(t *testing.T) {
 	t.Parallel()
 	srv := probeServer(t, pgtest.NewDatabase(t))
 	const list = "/" + grpchealth.HealthV1ServiceName + "/List"
+	want := append([]string{""}, serviceNamesForTest(t)...)
 	for _, tc := range []struct {
 		name string
 		opts []connect.ClientOption
@@ -106,16 +111,19 @@ func TestHealthListIsUnimplementedAndNotAdvertised(t *testing.T) {
 		{"connect+json", []connect.ClientOption{connect.WithProtoJSON()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// The request type does not matter: the call is refused before decoding.
-			client := connect.NewClient[emptypb.Empty, emptypb.Empty](h2c(t), srv.URL+list, tc.opts...)
-			_, err := client.CallUnary(t.Context(), connect.NewRequest(&emptypb.Empty{}))
-			if code := connect.CodeOf(err); code != connect.CodeUnimplemented {
-				t.Fatalf("List over %s: %v (code %v), want unimplemented", tc.name, err, code)
+			client := connect.NewClient[healthpb.HealthListRequest, healthpb.HealthListResponse](h2c(t), srv.URL+list, tc.opts...)
+			res, err := client.CallUnary(t.Context(), connect.NewRequest(&healthpb.HealthListRequest{}))
+			if err != nil {
+				t.Fatalf("List over %s: %v", tc.name, err)
 			}
-			// Control: Check on the same path prefix and client answers.
-			check := grpchealth.NewClient(h2c(t), srv.URL, tc.opts...)
-			if res, err := check.Check(t.Context(), &grpchealth.CheckRequest{}); err != nil || res.Status != grpchealth.StatusServing {
-				t.Fatalf("Check over %s = %v, %v; want SERVING", tc.name, res, err)
+			got := res.Msg.GetStatuses()
+			if len(got) != len(want) {
+				t.Errorf("List over %s = %v, want exactly %q", tc.name, got, want)
+			}
+			for _, name := range want {
+				if s := got[name].GetStatus(); s != healthpb.HealthCheckResponse_SERVING {
+					t.Errorf("List over %s: %q is %v, want SERVING", tc.name, name, s)
+				}
 			}
 		})
 	}
@@ -129,21 +137,36 @@ func TestHealthListIsUnimplementedAndNotAdvertised(t *testing.T) {
 	var methods []string
 	for _, f := range files {
 		for _, s := range f.GetService() {
-			if f.GetPackage()+"."+s.GetName() != grpchealth.HealthV1ServiceName {
-				continue
+			if f.GetPackage()+"."+s.GetName() == grpchealth.HealthV1ServiceName {
+				for _, m := range s.GetMethod() {
+					methods = append(methods, m.GetName())
+				}
 			}
-			for _, m := range s.GetMethod() {
-				methods = append(methods, m.GetName())
-			}
-		}
-	}
-	if len(methods) == 0 {
-		t.Fatalf("reflection returned no methods of %s", grpchealth.HealthV1ServiceName)
-	}
-	for _, m := range methods {
-		if m == "List" {
-			t.Errorf("reflection advertises %s/List, which the server does not implement (methods %v)", grpchealth.HealthV1ServiceName, methods)
 		}
 	}
 	t.Logf("reflection lists %s methods %v", grpchealth.HealthV1ServiceName, methods)
+	if !slices.Contains(methods, "Check") {
+		t.Fatalf("reflection lists %s methods %v, without Check", grpchealth.HealthV1ServiceName, methods)
+	}
+	// Whatever reflection advertises besides Watch (documented as not
+	// implemented) must answer.
+	for _, m := range methods {
+		if m == "Watch" || m == "Check" || m == "List" {
+			continue
+		}
+		t.Errorf("reflection advertises %s/%s, which the edge does not serve", grpchealth.HealthV1ServiceName, m)
+	}
+}
+
+// serviceNamesForTest returns the full names of the mounted API services.
+func serviceNamesForTest(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	for _, p := range service.Procedures() {
+		name := strings.Split(strings.TrimPrefix(p, "/"), "/")[0]
+		if !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names
 }
