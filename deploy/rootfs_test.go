@@ -151,58 +151,22 @@ func loopbackURL(t *testing.T, connString string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &url.URL{Scheme: "postgres", Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
-	u.User = url.User(cfg.User)
-	if cfg.Password != "" {
-		u.User = url.UserPassword(cfg.User, cfg.Password)
-	}
 	if !strings.HasPrefix(cfg.Host, "/") {
-		u.Host = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+		u, err := url.Parse(pgtest.TCPURL(t, connString, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if cfg.TLSConfig != nil {
 			u.RawQuery = "sslmode=require"
 		}
 		return u.String()
 	}
-	socket := filepath.Join(cfg.Host, fmt.Sprintf(".s.PGSQL.%d", cfg.Port))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("unix", socket)
-			if err != nil {
-				client.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, client, server)
-			mu.Unlock()
-			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(server, client); server.Close() }()
-			go func() { defer wg.Done(); io.Copy(client, server); client.Close() }()
-		}
-	}()
-	u.Host = ln.Addr().String()
-	return u.String()
+	pgtest.Forward(t, ln, connString)
+	return pgtest.TCPURL(t, connString, ln.Addr().String())
 }
 
 // logLines collects a process's stderr and hands out the JSON log lines as they come.

@@ -1,10 +1,8 @@
 package service_test
 
 import (
-	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -15,34 +13,9 @@ import (
 	"connectrpc.com/grpcreflect"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/cacheservice/cacheservice/internal/embeddedpg"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
-	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
-	"github.com/cacheservice/cacheservice/store"
 )
-
-// probeServer serves the edge over HTTP/1.1 and unencrypted HTTP/2 (so gRPC
-// clients reach it) on a loopback port, over the database at url.
-func probeServer(t *testing.T, url string) *httptest.Server {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Config{URL: url, MaxConns: 4, Timeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	edge := service.NewEdge(manager.New(st, manager.Config{}, nil),
-		service.Options{Readiness: service.ReadinessConfig{Timeout: 500 * time.Millisecond, CacheFor: 50 * time.Millisecond}})
-	srv := httptest.NewUnstartedServer(edge)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv
-}
 
 // h2c is a client speaking HTTP/2 without TLS, as gRPC does.
 func h2c(t *testing.T) *http.Client {
@@ -70,23 +43,22 @@ func get(t *testing.T, url string) int {
 // restarts a replica for an outage it cannot cure.
 func TestLivezAnswersWhileTheDatabaseIsDown(t *testing.T) {
 	t.Parallel()
-	pg := pgtest.StartServer(t)
-	srv := probeServer(t, pg.ConnString(embeddedpg.DefaultDatabase))
-	if code := get(t, srv.URL+"/livez"); code != http.StatusOK {
+	b := setupHealth(t, service.ReadinessConfig{Timeout: 500 * time.Millisecond, CacheFor: 50 * time.Millisecond})
+	if code := get(t, b.url+"/livez"); code != http.StatusOK {
 		t.Fatalf("/livez = %d with the database up, want 200", code)
 	}
-	if err := pg.Stop(t.Context()); err != nil {
+	if err := b.pg.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for get(t, srv.URL+"/readyz") != http.StatusServiceUnavailable {
+	for get(t, b.readyz) != http.StatusServiceUnavailable {
 		if time.Now().After(deadline) {
 			t.Fatal("/readyz still 200 10s after the database stopped")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	for range 3 {
-		if code := get(t, srv.URL+"/livez"); code != http.StatusOK {
+		if code := get(t, b.url+"/livez"); code != http.StatusOK {
 			t.Fatalf("/livez = %d with the database down, want 200", code)
 		}
 	}
@@ -99,7 +71,7 @@ func TestLivezAnswersWhileTheDatabaseIsDown(t *testing.T) {
 // service, SERVING with the database up.
 func TestHealthListAnswersWhatReflectionAdvertises(t *testing.T) {
 	t.Parallel()
-	srv := probeServer(t, pgtest.NewDatabase(t))
+	b := setupHealthOn(t, service.ReadinessConfig{}, pgtest.NewDatabase(t))
 	const list = "/" + grpchealth.HealthV1ServiceName + "/List"
 	want := append([]string{""}, serviceNamesForTest(t)...)
 	for _, tc := range []struct {
@@ -111,7 +83,7 @@ func TestHealthListAnswersWhatReflectionAdvertises(t *testing.T) {
 		{"connect+json", []connect.ClientOption{connect.WithProtoJSON()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client := connect.NewClient[healthpb.HealthListRequest, healthpb.HealthListResponse](h2c(t), srv.URL+list, tc.opts...)
+			client := connect.NewClient[healthpb.HealthListRequest, healthpb.HealthListResponse](h2c(t), b.url+list, tc.opts...)
 			res, err := client.CallUnary(t.Context(), connect.NewRequest(&healthpb.HealthListRequest{}))
 			if err != nil {
 				t.Fatalf("List over %s: %v", tc.name, err)
@@ -128,7 +100,7 @@ func TestHealthListAnswersWhatReflectionAdvertises(t *testing.T) {
 		})
 	}
 
-	stream := grpcreflect.NewClient(h2c(t), srv.URL, connect.WithGRPC()).NewStream(t.Context())
+	stream := grpcreflect.NewClient(h2c(t), b.url, connect.WithGRPC()).NewStream(t.Context())
 	t.Cleanup(func() { _, _ = stream.Close() })
 	files, err := stream.FileContainingSymbol(grpchealth.HealthV1ServiceName)
 	if err != nil {
