@@ -52,14 +52,20 @@ func (m *Metrics) observeRPC(procedure string, started time.Time, err error) {
 }
 
 // codeOf is the Connect code of err as a label: "ok" for success, the
-// lowercase code name otherwise (unknown for errors that carry none).
+// lowercase code name otherwise (unknown for errors that carry none). A
+// bare context error is the client's cancel or deadline, not unknown.
 func codeOf(err error) string {
 	if err == nil {
 		return "ok"
 	}
 	var ce *connect.Error
-	if errors.As(err, &ce) {
+	switch {
+	case errors.As(err, &ce):
 		return ce.Code().String()
+	case errors.Is(err, context.Canceled):
+		return connect.CodeCanceled.String()
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.CodeDeadlineExceeded.String()
 	}
 	return connect.CodeUnknown.String()
 }

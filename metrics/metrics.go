@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cacheservice/cacheservice/manager"
+	"github.com/cacheservice/cacheservice/service"
 )
 
 // namespace prefixes every metric of ours.
@@ -33,6 +34,9 @@ type Metrics struct {
 	sweepPasses      *prometheus.CounterVec
 	sweepDuration    prometheus.Histogram
 	sweepLastSuccess prometheus.Gauge
+
+	responsesCut *prometheus.CounterVec
+	connsRefused prometheus.Counter
 }
 
 var _ manager.Observer = (*Metrics)(nil)
@@ -78,12 +82,21 @@ func New() *Metrics {
 			Namespace: namespace, Name: "sweep_last_success_timestamp_seconds",
 			Help: "Unix time at which the last sweeper pass without error ended; 0 before the first.",
 		}),
+		responsesCut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "http_responses_cut_total",
+			Help: "Responses cut short by the edge, by reason: write_timeout (the client took nothing within --write-timeout; stream reset or connection closed) or budget (did not fit in --response-budget; answered resource_exhausted).",
+		}, []string{"reason"}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "http_connections_refused_total",
+			Help: "Connections closed on arrival because --max-connections were already open.",
+		}),
 	}
 	m.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.latency, m.lookups, m.reservations,
 		m.sweepDeleted, m.sweepPasses, m.sweepDuration, m.sweepLastSuccess,
+		m.responsesCut, m.connsRefused,
 		buildInfo(),
 	)
 	// Series that exist from the start, so rate() and alerts see a zero
@@ -100,6 +113,9 @@ func New() *Metrics {
 	for _, result := range []string{"ok", "incomplete", "error"} {
 		m.sweepPasses.WithLabelValues(result)
 	}
+	for _, c := range service.Cuts() {
+		m.responsesCut.WithLabelValues(string(c))
+	}
 	return m
 }
 
@@ -114,6 +130,15 @@ func (m *Metrics) Register(cs ...prometheus.Collector) {
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
 }
+
+// ObserveCut counts one response the edge cut short; it is
+// service.Options.OnCut.
+func (m *Metrics) ObserveCut(c service.Cut) {
+	m.responsesCut.WithLabelValues(string(c)).Inc()
+}
+
+// ObserveRefusedConn counts one connection refused at the connection cap.
+func (m *Metrics) ObserveRefusedConn() { m.connsRefused.Inc() }
 
 // ObserveLookup counts one Get by whether it found an output.
 func (m *Metrics) ObserveLookup(hit bool) {

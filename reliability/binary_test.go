@@ -103,10 +103,26 @@ func startServer(t testing.TB, name string, args ...string) *serverProc {
 
 func launchServer(t testing.TB, name string, args ...string) (*serverProc, error) {
 	t.Helper()
+	return launchServerEnv(t, name, nil, args...)
+}
+
+// startServerEnv is startServer with extra environment variables (KEY=value),
+// the way to set a flag that an older build may not know yet.
+func startServerEnv(t testing.TB, name string, env []string, args ...string) *serverProc {
+	t.Helper()
+	p, err := launchServerEnv(t, name, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func launchServerEnv(t testing.TB, name string, env []string, args ...string) (*serverProc, error) {
+	t.Helper()
 	bin := binary(t)
 	args = append([]string{"serve", "--addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}, args...)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "CACHESERVICE_DATABASE_URL=", "DATABASE_URL=")
+	cmd.Env = append(append(os.Environ(), "CACHESERVICE_DATABASE_URL=", "DATABASE_URL="), env...)
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package service
 import (
 	"log/slog"
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
@@ -43,6 +44,17 @@ type Options struct {
 	CORSAllowedOrigins []string
 	// Readiness tunes the database check behind health and /readyz.
 	Readiness ReadinessConfig
+	// WriteTimeout bounds how long each piece of a response (64 KiB, or a
+	// flush) waits for the client to take it; past it the HTTP/2 stream is
+	// reset or the HTTP/1.1 connection closed. 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// ResponseBudget bounds the bytes of responses held while being
+	// written; a response that does not fit is answered resource_exhausted.
+	// 0 means DefaultResponseBudget.
+	ResponseBudget int64
+	// OnCut is called for every response cut short, with the reason; nil
+	// ignores them.
+	OnCut func(Cut)
 }
 
 // mount is one API service the edge serves over the manager.
@@ -91,9 +103,13 @@ func serviceNames() []string {
 // whatever operator endpoints it serves beside (metrics, pprof).
 //
 // Interceptors run in this order, outermost first: opts.Interceptors
-// (tracing, metrics), the failed-request log, authentication (opts.Auth),
-// then protovalidate just before the handler: a caller without credentials
-// is counted and logged but learns nothing, not even which field is bad.
+// (tracing, metrics), the failed-request log, the response budget, the
+// mapping of a gone client's bare context error to canceled,
+// authentication (opts.Auth), then protovalidate just before the handler:
+// a caller without credentials is counted and logged but learns nothing,
+// not even which field is bad. Every response write has a deadline
+// (opts.WriteTimeout), so a client that stops reading cannot pin its
+// response.
 func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -101,7 +117,11 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...), logFailures(opts.Logger))
+	limits := newResponseLimits(opts.WriteTimeout, opts.ResponseBudget, opts.OnCut)
+	// The budget and clientGone are inside the log and the metrics, which
+	// see their refusals and codes.
+	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...),
+		logFailures(opts.Logger), limits.interceptor(), clientGone())
 	protect := func(h http.Handler) http.Handler { return h }
 	if opts.Auth != nil {
 		interceptors = append(interceptors, opts.Auth.Interceptor())
@@ -127,7 +147,7 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	return withCORS(mux, opts.CORSAllowedOrigins, opts.Auth != nil)
+	return withCORS(limits.handler(mux), opts.CORSAllowedOrigins, opts.Auth != nil)
 }
 
 // withCORS lets the configured browser origins call every protocol Connect

@@ -51,3 +51,24 @@ func levelOf(code connect.Code) slog.Level {
 		return slog.LevelWarn
 	}
 }
+
+// clientGone gives a call whose client went away (a reset HTTP/2 stream, a
+// closed connection, a passed deadline) the code that says so. Connect
+// itself returns the bare context error when the request was cancelled
+// before the handler ran, which would be counted and logged as unknown,
+// that is, as the server's trouble.
+func clientGone() connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			res, err := next(ctx, req)
+			if err == nil || connect.CodeOf(err) != connect.CodeUnknown || ctx.Err() == nil {
+				return res, err
+			}
+			code := connect.CodeCanceled
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				code = connect.CodeDeadlineExceeded
+			}
+			return nil, connect.NewError(code, errors.New("request ended before the server answered"))
+		}
+	}
+}

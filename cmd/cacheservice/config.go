@@ -49,6 +49,9 @@ type Config struct {
 	Sweep manager.SweepConfig
 	// MaxRequestBytes bounds a request body.
 	MaxRequestBytes int
+	// HTTP bounds what clients can hold of the HTTP server: --write-timeout,
+	// --response-budget, --http2-max-streams and --max-connections.
+	HTTP HTTPConfig
 	// CORSAllowedOrigins lists the browser origins allowed to call; "*" is
 	// any, none disables CORS.
 	CORSAllowedOrigins []string
@@ -99,6 +102,7 @@ func defaultConfig() Config {
 		Manager:          manager.DefaultConfig(),
 		Sweep:            manager.DefaultSweepConfig(),
 		MaxRequestBytes:  service.DefaultMaxRequestBytes,
+		HTTP:             defaultHTTPConfig(),
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
 		LogFormat:        "text",
@@ -125,6 +129,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Usage = func() {}
 	maxConns := int(cfg.Store.MaxConns)
 	maxInline, maxRequest := byteSize(cfg.Manager.MaxInlineBytes), byteSize(cfg.MaxRequestBytes)
+	responseBudget := byteSize(cfg.HTTP.ResponseBudget)
 	var origins originList
 	var proxies prefixList
 
@@ -140,6 +145,10 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Float64Var(&cfg.Manager.GraceMultiplier, "grace-multiplier", cfg.Manager.GraceMultiplier, "heartbeat intervals a reservation lives without being extended (1 to 100)")
 	fs.Var(&maxInline, "max-inline-bytes", "largest inline output in `bytes` (suffixes KiB, MiB, GiB allowed)")
 	fs.Var(&maxRequest, "max-request-bytes", "largest request body in `bytes` (suffixes KiB, MiB, GiB allowed)")
+	fs.DurationVar(&cfg.HTTP.WriteTimeout, "write-timeout", cfg.HTTP.WriteTimeout, "longest each 64 KiB of a response waits for the client to read it; then the HTTP/2 stream is reset or the HTTP/1.1 connection closed")
+	fs.Var(&responseBudget, "response-budget", "`bytes` of responses held while being written (suffixes KiB, MiB, GiB allowed); a response beyond it is answered resource_exhausted")
+	fs.IntVar(&cfg.HTTP.MaxStreams, "http2-max-streams", cfg.HTTP.MaxStreams, "concurrent HTTP/2 streams per connection")
+	fs.IntVar(&cfg.HTTP.MaxConns, "max-connections", cfg.HTTP.MaxConns, "open connections on --addr; more are closed on arrival; 0 is no limit")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
@@ -194,6 +203,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	}
 	cfg.Store.MaxConns = int32(maxConns)
 	cfg.Manager.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
+	cfg.HTTP.ResponseBudget = int(responseBudget)
 	cfg.CORSAllowedOrigins = origins
 	cfg.Auth.TrustedProxies = proxies
 	if err := cfg.validate(); err != nil {
@@ -259,6 +269,13 @@ func (c Config) validate() error {
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.DBConnectTimeout >= 0 && c.DBConnectTimeout <= maxConnectTimeout, "%s must be between 0 and %v, got %v", opt("db-connect-timeout"), maxConnectTimeout, c.DBConnectTimeout)
+	check(c.HTTP.WriteTimeout >= 10*time.Millisecond && c.HTTP.WriteTimeout <= time.Hour,
+		"%s must be between 10ms and 1h, got %v", opt("write-timeout"), c.HTTP.WriteTimeout)
+	check(c.HTTP.ResponseBudget >= 1<<20, "%s must be at least 1MiB, got %d", opt("response-budget"), c.HTTP.ResponseBudget)
+	check(c.HTTP.MaxStreams >= 1 && c.HTTP.MaxStreams <= 10000,
+		"%s must be between 1 and 10000, got %d", opt("http2-max-streams"), c.HTTP.MaxStreams)
+	check(c.HTTP.MaxConns >= 0 && c.HTTP.MaxConns <= 1_000_000,
+		"%s must be between 0 (no limit) and 1000000, got %d", opt("max-connections"), c.HTTP.MaxConns)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)

@@ -39,6 +39,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Store:            store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
 		Manager:          manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
 		MaxRequestBytes:  4 << 20,
+		HTTP:             HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100},
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
 		LogFormat:        "text",
@@ -94,6 +95,11 @@ func TestParseConfigPrecedence(t *testing.T) {
 			func(c Config) bool { return c.DBConnectTimeout == 0 }},
 		{"log settings", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "warn", "CACHESERVICE_LOG_FORMAT": "json"},
 			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
+		{"HTTP limits", []string{"--write-timeout=2s", "--response-budget=16MiB", "--http2-max-streams=10"},
+			map[string]string{"CACHESERVICE_MAX_CONNECTIONS": "500"},
+			func(c Config) bool {
+				return c.HTTP == HTTPConfig{WriteTimeout: 2 * time.Second, ResponseBudget: 16 << 20, MaxStreams: 10, MaxConns: 500}
+			}},
 		{"everything else", []string{"--data-dir=/var/lib/cacheservice", "--db-max-conns=32", "--grace-multiplier=2.5", "--shutdown-timeout=1m"}, nil,
 			func(c Config) bool {
 				return c.DataDir == "/var/lib/cacheservice" && c.Store.MaxConns == 32 && c.Manager.GraceMultiplier == 2.5 && c.ShutdownTimeout == time.Minute
@@ -149,6 +155,11 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"negative retention", []string{"--reservation-retention=-1h"}, nil, "--reservation-retention"},
 		{"negative entry ttl", []string{"--entry-ttl=-1h"}, nil, "--entry-ttl"},
 		{"zero sweep batch", []string{"--sweep-batch-size=0"}, nil, "--sweep-batch-size"},
+		{"write timeout too short", []string{"--write-timeout=1ms"}, nil, "--write-timeout"},
+		{"write timeout too long", nil, map[string]string{"CACHESERVICE_WRITE_TIMEOUT": "100h"}, "--write-timeout (CACHESERVICE_WRITE_TIMEOUT)"},
+		{"response budget too small", []string{"--response-budget=1KiB"}, nil, "--response-budget"},
+		{"zero streams", []string{"--http2-max-streams=0"}, nil, "--http2-max-streams"},
+		{"negative connections", []string{"--max-connections=-1"}, nil, "--max-connections"},
 		// Values that would break mutual exclusion (issue 8, defect 4): the
 		// lease arithmetic must never come near overflowing.
 		{"huge grace", []string{"--grace-multiplier=1e10"}, nil, "--grace-multiplier (CACHESERVICE_GRACE_MULTIPLIER) must be between 1 and 100"},
@@ -211,7 +222,8 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	for _, flag := range []string{"addr", "database-url", "data-dir", "db-connect-timeout", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
-		"reservation-retention", "entry-ttl", "sweep-batch-size"} {
+		"reservation-retention", "entry-ttl", "sweep-batch-size",
+		"write-timeout", "response-budget", "http2-max-streams", "max-connections"} {
 		listed := strings.Contains(stdout.String(), "-"+flag+" ") || strings.Contains(stdout.String(), "-"+flag+"\n") // a bool flag has no value
 		if !listed || !strings.Contains(stdout.String(), envName(flag)) {
 			t.Errorf("help does not list -%s with %s:\n%s", flag, envName(flag), &stdout)

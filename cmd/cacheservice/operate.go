@@ -80,7 +80,7 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 			return fmt.Errorf("listen for metrics: %w", err)
 		}
 		admin = http.NewServeMux()
-		srv := newHTTPServer(admin, ops.logger)
+		srv := newHTTPServer(admin, ops.logger, ops.cfg.HTTP)
 		ops.logger.Info("metrics listening", slog.String("addr", ln.Addr().String()))
 		ops.background.Go(func() { ops.adminErr <- serve(ctx, srv, ln, ops.cfg.ShutdownTimeout, ops.logger) })
 	}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/cacheservice/cacheservice/manager"
@@ -43,6 +46,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 		Interceptors:       ops.interceptors(),
 		MaxRequestBytes:    cfg.MaxRequestBytes,
 		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
+		WriteTimeout:       cfg.HTTP.WriteTimeout,
+		ResponseBudget:     int64(cfg.HTTP.ResponseBudget),
+		OnCut:              ops.metrics.ObserveCut,
 		Auth:               sec.auth,
 	}))
 	ops.metrics.Register(sec.collectors()...)
@@ -55,19 +61,50 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 		return err
 	}
 
-	srv := newHTTPServer(mux, logger)
+	srv := newHTTPServer(mux, logger, cfg.HTTP)
 	sec.serveTLS(srv)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind),
 		slog.Bool("tls", sec.tls != nil), slog.Bool("auth", sec.auth != nil))
 	if sec.auth == nil && !loopback(cfg.Addr) {
 		logger.Warn("no authentication: anyone who reaches this address may read, write and delete every entry (--insecure-allow-open)")
 	}
-	return serve(ctx, srv, ln, cfg.ShutdownTimeout, logger)
+	return serve(ctx, srv, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
+}
+
+// HTTPConfig bounds what clients can hold of the HTTP server: time,
+// streams, response bytes and connections.
+type HTTPConfig struct {
+	// WriteTimeout bounds how long each 64 KiB of a response waits for the
+	// client to take it (and, on HTTP/2, how long a connection may accept
+	// no byte at all). It is not a deadline on the whole response, so a
+	// long wait before the answer is never cut.
+	WriteTimeout time.Duration
+	// ResponseBudget bounds the bytes of responses held while being written.
+	ResponseBudget int
+	// MaxStreams bounds the concurrent HTTP/2 streams of one connection.
+	MaxStreams int
+	// MaxConns bounds the open connections; beyond it new ones are closed at
+	// once. 0 is no bound.
+	MaxConns int
+}
+
+// defaultHTTPConfig is the HTTP server's configuration without flags.
+func defaultHTTPConfig() HTTPConfig {
+	return HTTPConfig{
+		WriteTimeout:   service.DefaultWriteTimeout,
+		ResponseBudget: service.DefaultResponseBudget,
+		// gRPC's usual limit; Go's default of 250 lets one connection pin
+		// more responses at once.
+		MaxStreams: 100,
+	}
 }
 
 // newHTTPServer serves HTTP/1.1 and unencrypted HTTP/2 (gRPC without TLS)
 // on one port, with a timeout on every phase a slow client could stretch.
-func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+// There is no server-wide WriteTimeout: it would cut a response that is
+// slow to compute (a long poll), not one that is slow to be read; the
+// edge's per-write deadlines (cfg.WriteTimeout) do that.
+func newHTTPServer(h http.Handler, logger *slog.Logger, cfg HTTPConfig) *http.Server {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -82,8 +119,104 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 		ReadTimeout:    30 * time.Second,
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: cfg.MaxStreams,
+			// What one client can make the server buffer of its request
+			// bodies: Go's defaults, stated because they are a bound.
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+			// A connection on which no byte can be written for this long
+			// (the client's TCP window is shut) is closed.
+			WriteByteTimeout: cfg.WriteTimeout,
+		},
+		ErrorLog: log.New(newErrorLog(logger), "", 0),
 	}
+}
+
+// errorLog is the http.Server's ErrorLog. net/http reports there mostly
+// what clients do to their own connections (resets, garbage, handshakes
+// abandoned), which a hostile client can make happen thousands of times a
+// second; so at most errorLogBurst lines per errorLogWindow are warnings and
+// the rest go at debug. A handler's panic is always an error.
+type errorLog struct {
+	logger *slog.Logger
+	mu     sync.Mutex
+	window time.Time // start of the current window
+	lines  int       // lines in it
+}
+
+const (
+	errorLogBurst  = 10
+	errorLogWindow = 10 * time.Second
+)
+
+func newErrorLog(logger *slog.Logger) *errorLog { return &errorLog{logger: logger} }
+
+func (l *errorLog) Write(p []byte) (int, error) {
+	msg := strings.TrimRight(string(p), "\n")
+	level := slog.LevelWarn
+	if strings.Contains(msg, "panic") {
+		level = slog.LevelError
+	} else {
+		l.mu.Lock()
+		if now := time.Now(); now.Sub(l.window) > errorLogWindow {
+			l.window, l.lines = now, 0
+		}
+		l.lines++
+		if l.lines > errorLogBurst {
+			level = slog.LevelDebug
+		}
+		l.mu.Unlock()
+	}
+	l.logger.Log(context.Background(), level, msg, slog.String("source", "net/http"))
+	return len(p), nil
+}
+
+// refuseOver wraps ln so that beyond max open connections a new one is
+// closed at once and counted by refused, instead of waiting in the accept
+// queue as netutil.LimitListener's would: so a crowd of idle connections
+// cannot lock out health probes and real clients, which find room as soon
+// as any connection closes. max 0 returns ln as it is.
+func refuseOver(ln net.Listener, limit int, refused func()) net.Listener {
+	if limit <= 0 {
+		return ln
+	}
+	return &refusingListener{Listener: ln, free: make(chan struct{}, limit), refused: refused}
+}
+
+type refusingListener struct {
+	net.Listener
+	free    chan struct{} // one token per open connection
+	refused func()
+}
+
+func (l *refusingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.free <- struct{}{}:
+			return &countedConn{Conn: c, release: func() { <-l.free }}, nil
+		default:
+			l.refused()
+			_ = c.Close()
+		}
+	}
+}
+
+// countedConn gives its token back once, on the first Close.
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // serve runs srv on ln until ctx ends, then shuts it down gracefully,
