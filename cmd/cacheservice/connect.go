@@ -30,11 +30,14 @@ var errPermanent = errors.New("retrying cannot help")
 // most timeout: a pod that starts before its database then waits for it
 // instead of crash-looping. Each failed attempt logs one line saying why, in
 // words that hold nothing of the connection string. A URL that does not
-// parse and a refused authentication (SQLSTATE class 28: wrong password,
-// unknown role, no pg_hba.conf entry) fail at once: they are the operator's
-// to fix, and retrying would only delay saying so. Everything else (refused
-// or timed-out connections, unknown hosts, a server still starting up, a
-// database not yet created) is retried; timeout 0 tries once.
+// parse, a refused authentication (SQLSTATE class 28: wrong password,
+// unknown role, no pg_hba.conf entry) and any other answer of the server
+// that waiting cannot change (an unknown run-time parameter) fail at once:
+// they are the operator's to fix, and retrying would only delay saying so.
+// What waiting can cure is retried: no answer at all (refused or timed-out
+// connections, unknown hosts, a missing socket), a server starting up or
+// shutting down (57P03, 57P01, 57P02), out of connections (class 53), and a
+// database not created yet (3D000). Timeout 0 tries once.
 func connectStore(ctx context.Context, cfg store.Config, timeout time.Duration, logger *slog.Logger) (*store.Store, error) {
 	st, err := store.Open(ctx, cfg)
 	if err != nil {
@@ -81,17 +84,23 @@ func connectStore(ctx context.Context, cfg store.Config, timeout time.Duration, 
 // whether retrying cannot help.
 func connectFailure(err error) (reason string, permanent bool) {
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		// The server answered. Only these answers can change by waiting;
+		// any other (a refused login, an unknown run-time parameter in the
+		// URL) will be the same on every attempt.
+		code := " (SQLSTATE " + pgErr.Code + ")"
 		switch {
 		case pgerrcode.IsInvalidAuthorizationSpecification(pgErr.Code):
-			return "authentication refused (SQLSTATE " + pgErr.Code + ")", true
-		case pgErr.Code == pgerrcode.CannotConnectNow:
-			return "server starting up or shutting down (SQLSTATE " + pgErr.Code + ")", false
+			return "authentication refused" + code, true
+		case pgErr.Code == pgerrcode.CannotConnectNow, pgErr.Code == pgerrcode.AdminShutdown, pgErr.Code == pgerrcode.CrashShutdown:
+			return "server starting up or shutting down" + code, false
 		case pgErr.Code == pgerrcode.InvalidCatalogName:
-			return "database does not exist yet (SQLSTATE " + pgErr.Code + ")", false
-		case pgErr.Code == pgerrcode.TooManyConnections:
-			return "too many connections (SQLSTATE " + pgErr.Code + ")", false
+			return "database does not exist yet" + code, false
+		case pgerrcode.IsInsufficientResources(pgErr.Code):
+			return "server out of connections or resources" + code, false
+		case pgerrcode.IsConnectionException(pgErr.Code):
+			return "connection failed" + code, false
 		default:
-			return "server error (SQLSTATE " + pgErr.Code + ")", false
+			return "refused by the server" + code, true
 		}
 	}
 	var dnsErr *net.DNSError

@@ -142,7 +142,8 @@ func TestStartGivesUpAfterConnectTimeout(t *testing.T) {
 }
 
 // TestStartFailsAtOnceWhenRetryingCannotHelp: a login the server refuses
-// (SQLSTATE class 28; here a role that does not exist) and a URL that does
+// (SQLSTATE class 28; here a role that does not exist), another answer
+// waiting cannot change (an unknown run-time parameter) and a URL that does
 // not parse fail the start at once, with no retry, however long
 // --db-connect-timeout is.
 func TestStartFailsAtOnceWhenRetryingCannotHelp(t *testing.T) {
@@ -157,6 +158,7 @@ func TestStartFailsAtOnceWhenRetryingCannotHelp(t *testing.T) {
 		name, url, want string
 	}{
 		{"refused login", withPassword(t, pgtest.TCPURL(t, db, ln.Addr().String()), "no_such_role"), "authentication refused (SQLSTATE 28000)"},
+		{"unknown run-time parameter", withPassword(t, pgtest.TCPURL(t, db, ln.Addr().String()), "") + "&no_such_setting_zz=1", "refused by the server (SQLSTATE 42704)"},
 		{"bad url", "postgres://user:" + testPassword + "@127.0.0.1:5432/db?sslmode=nonsense", "parse database url"},
 	}
 	for _, tt := range tests {
