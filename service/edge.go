@@ -14,7 +14,9 @@ import (
 
 	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 	"github.com/cacheservice/cacheservice/manager"
 )
 
@@ -55,6 +57,18 @@ type Options struct {
 	// OnCut is called for every response cut short, with the reason; nil
 	// ignores them.
 	OnCut func(Cut)
+	// Handlers substitutes the implementations of the API services behind
+	// the same edge; a nil field is served over the manager. Production
+	// leaves it zero; cachebench's transport floor sets canned ones, to
+	// measure what the edge costs without the service.
+	Handlers Handlers
+}
+
+// Handlers are implementations of the API services, in place of the ones
+// over the manager (see Options.Handlers).
+type Handlers struct {
+	Cache cachev1connect.CacheServiceHandler
+	Flyte flytecachev2connect.CacheServiceHandler
 }
 
 // mount is one API service the edge serves over the manager.
@@ -62,16 +76,17 @@ type mount struct {
 	// desc describes the service: its full name and its methods, from
 	// which the procedures, reflection and health names are derived.
 	desc protoreflect.ServiceDescriptor
-	// handler builds the service's Connect handler with opts.
-	handler func(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler)
+	// handler builds the service's Connect handler with opts, over m
+	// unless h substitutes it.
+	handler func(m *manager.Manager, h Handlers, opts ...connect.HandlerOption) (string, http.Handler)
 }
 
 // mounts lists every API service the edge serves. Adding a service (Flyte's
 // CacheService v2, say) is one entry here: the mux, reflection, health and
 // Procedures follow, and with them the hostile and fuzz suites.
 var mounts = []mount{
-	{desc: cachev1.File_cacheservice_v1_cache_proto.Services().ByName("CacheService"), handler: NewHandler},
-	{desc: flytecachev2.File_flyteidl2_cacheservice_v2_cacheservice_proto.Services().ByName("CacheService"), handler: NewFlyteHandler},
+	{desc: cachev1.File_cacheservice_v1_cache_proto.Services().ByName("CacheService"), handler: newCacheHandler},
+	{desc: flytecachev2.File_flyteidl2_cacheservice_v2_cacheservice_proto.Services().ByName("CacheService"), handler: newFlyteHandler},
 }
 
 // Procedures returns the full name of every RPC the edge serves, such as
@@ -135,7 +150,7 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 
 	mux := http.NewServeMux()
 	for _, s := range mounts {
-		path, h := s.handler(m, handlerOpts...)
+		path, h := s.handler(m, opts.Handlers, handlerOpts...)
 		mux.Handle(path, protect(h))
 	}
 	readiness := NewReadiness(m, opts.Readiness, opts.Logger)

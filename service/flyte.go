@@ -22,12 +22,23 @@ import (
 // ours. Options are ordered as in NewHandler: the caller's interceptors
 // first, validation last.
 func NewFlyteHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler) {
+	return newFlyteHandler(m, Handlers{}, opts...)
+}
+
+// newFlyteHandler is NewFlyteHandler, with h.Flyte in place of the service
+// over m when set.
+func newFlyteHandler(m *manager.Manager, h Handlers, opts ...connect.HandlerOption) (string, http.Handler) {
+	impl := h.Flyte
+	if impl == nil {
+		impl = &flyteService{manager: m}
+	}
 	opts = slices.Concat(
 		[]connect.HandlerOption{connect.WithCompressMinBytes(compressMinBytes)},
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return flytecachev2connect.NewCacheServiceHandler(&flyteService{manager: m}, opts...)
+	path, handler := flytecachev2connect.NewCacheServiceHandler(impl, opts...)
+	return path, withStack(handler)
 }
 
 // flyteService implements Flyte's generated handler interface.

@@ -33,12 +33,23 @@ const compressMinBytes = 4 << 10
 // tracing and logging interceptors see requests that validation rejects.
 // opts may override the handler's defaults.
 func NewHandler(m *manager.Manager, opts ...connect.HandlerOption) (string, http.Handler) {
+	return newCacheHandler(m, Handlers{}, opts...)
+}
+
+// newCacheHandler is NewHandler, with h.Cache in place of the service over
+// m when set.
+func newCacheHandler(m *manager.Manager, h Handlers, opts ...connect.HandlerOption) (string, http.Handler) {
+	impl := h.Cache
+	if impl == nil {
+		impl = &cacheService{manager: m}
+	}
 	opts = slices.Concat(
 		[]connect.HandlerOption{connect.WithCompressMinBytes(compressMinBytes)},
 		opts,
 		[]connect.HandlerOption{connect.WithInterceptors(validate.NewInterceptor())},
 	)
-	return cachev1connect.NewCacheServiceHandler(&cacheService{manager: m}, opts...)
+	path, handler := cachev1connect.NewCacheServiceHandler(impl, opts...)
+	return path, withStack(handler)
 }
 
 // cacheService implements the generated handler interface.

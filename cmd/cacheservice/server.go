@@ -42,6 +42,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 	// ops.start mounts beside it.
 	mux := http.NewServeMux()
 	mux.Handle("/", service.NewEdge(m, service.Options{
+		Handlers:           apiHandlers(logger),
 		Logger:             logger,
 		Interceptors:       ops.interceptors(),
 		MaxRequestBytes:    cfg.MaxRequestBytes,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -13,20 +14,28 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 	"github.com/cacheservice/cacheservice/store"
 )
 
 // Protocols the tool speaks. Ceiling is not a protocol but the raw-pgx
 // ceiling: the store's statements run directly on a pool, no RPC between.
+// ConnectJSON and ConnectProto go over HTTP/1.1, a connection per client,
+// as browsers and most Connect clients without TLS do; ConnectH2 and GRPC
+// multiplex every client on one HTTP/2 connection (h2c). Flyte is the path
+// of Flyte's executor: Flyte's own API (flyteidl2.cacheservice.v2) in
+// Connect binary over HTTP/1.1.
 const (
 	ConnectJSON  = "connect-json"
 	ConnectProto = "connect-proto"
+	ConnectH2    = "connect-h2"
 	GRPC         = "grpc"
+	Flyte        = "flyte"
 	Ceiling      = "pgx"
 )
 
 // Protocols lists every RPC protocol, in the order reports show them.
-var Protocols = []string{ConnectJSON, ConnectProto, GRPC}
+var Protocols = []string{ConnectJSON, ConnectProto, ConnectH2, GRPC, Flyte}
 
 // Driver performs the cache's operations one way or another: over an RPC
 // protocol, or directly on the database for the ceiling. Workloads are
@@ -60,16 +69,22 @@ func NewRPCDriver(baseURL, protocol string, concurrency int) (Driver, func(), er
 	switch protocol {
 	case ConnectJSON:
 		opts = append(opts, connect.WithProtoJSON())
-	case ConnectProto:
+	case ConnectProto, Flyte:
+	case ConnectH2:
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
 	case GRPC:
 		// gRPC needs HTTP/2; without TLS that is prior-knowledge h2c.
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 		opts = append(opts, connect.WithGRPC())
 	default:
-		return nil, nil, fmt.Errorf("unknown protocol %q (want %s, %s or %s)", protocol, ConnectJSON, ConnectProto, GRPC)
+		return nil, nil, fmt.Errorf("unknown protocol %q (want one of %s)", protocol, strings.Join(Protocols, ", "))
 	}
 	client := &http.Client{Transport: tr}
+	if protocol == Flyte {
+		return &flyteDriver{client: flytecachev2connect.NewCacheServiceClient(client, baseURL, opts...)}, tr.CloseIdleConnections, nil
+	}
 	d := &rpcDriver{client: cachev1connect.NewCacheServiceClient(client, baseURL, opts...)}
 	return d, tr.CloseIdleConnections, nil
 }

@@ -89,12 +89,19 @@ const maxOpsPerWorker = 5_000_000
 type Bench struct {
 	runID  string
 	runs   int
-	loaded map[[2]int]bool // key space and payload size already written
+	loaded map[loaded]bool // what was already written
+}
+
+// loaded names a preload: a key space of payload-sized outputs, through
+// Flyte's API or ours.
+type loaded struct {
+	keySpace, payload int
+	flyte             bool
 }
 
 // New returns a Bench whose keys differ from any earlier Bench's.
 func New() *Bench {
-	return &Bench{runID: strconv.FormatInt(time.Now().UnixNano(), 36), loaded: map[[2]int]bool{}}
+	return &Bench{runID: strconv.FormatInt(time.Now().UnixNano(), 36), loaded: map[loaded]bool{}}
 }
 
 // Prepare writes what cfg's workload reads (the keys of get-hit), once per
@@ -105,14 +112,15 @@ func (b *Bench) Prepare(ctx context.Context, d Driver, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	loaded := [2]int{c.KeySpace, c.Payload}
-	if b.loaded[loaded] || !(c.Workload == GetHit || slices.Contains(c.mix, GetHit)) {
+	// Flyte's API writes where the others do not (see flyteIdentifier).
+	done := loaded{keySpace: c.KeySpace, payload: c.Payload, flyte: c.Protocol == Flyte}
+	if b.loaded[done] || !(c.Workload == GetHit || slices.Contains(c.mix, GetHit)) {
 		return nil
 	}
 	if err := preload(ctx, d, c.KeySpace, min(c.Concurrency, 16)+1, c.payload); err != nil {
 		return err
 	}
-	b.loaded[loaded] = true
+	b.loaded[done] = true
 	return nil
 }
 

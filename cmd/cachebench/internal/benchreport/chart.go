@@ -23,7 +23,9 @@ const (
 var colors = map[string]string{
 	bench.ConnectJSON:  "#1f77b4",
 	bench.ConnectProto: "#ff7f0e",
+	bench.ConnectH2:    "#9467bd",
 	bench.GRPC:         "#2ca02c",
+	bench.Flyte:        "#d62728",
 	bench.Ceiling:      "#555555",
 }
 
