@@ -3,6 +3,7 @@ package auth
 import (
 	"github.com/cacheservice/cacheservice/auth/authfile"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
 )
 
 // Role, Scope and Principal are the auth file's; aliases keep callers of
@@ -21,13 +22,9 @@ const (
 	RoleAdmin = authfile.RoleAdmin
 )
 
-// Flyte's service name: its generated code lives elsewhere, so its procedures
-// are spelled out here (the wire names are the contract, see DESIGN.md).
-const flyteService = "/flyteidl2.cacheservice.v2.CacheService/"
-
 // procedureRoles is the one table of who may call what. Every procedure the
 // server mounts behind the interceptor must be here; one that is not is
-// refused, and TestEveryProcedureHasARole fails for our own service. Names of
+// refused, and TestEveryMountedProcedureHasARole fails. Names of
 // RPCs that DESIGN.md announces but that are not generated yet are listed so
 // that they are covered the moment they appear.
 var procedureRoles = map[string]Role{
@@ -41,11 +38,11 @@ var procedureRoles = map[string]Role{
 	cachev1connect.CacheServiceDeleteProcedure:                 RoleAdmin,
 	"/cacheservice.v1.CacheService/DeleteEntries":              RoleAdmin,
 
-	flyteService + "Get":                    RoleRead,
-	flyteService + "Put":                    RoleWrite,
-	flyteService + "GetOrExtendReservation": RoleWrite,
-	flyteService + "ReleaseReservation":     RoleWrite,
-	flyteService + "Delete":                 RoleAdmin,
+	flytecachev2connect.CacheServiceGetProcedure:                    RoleRead,
+	flytecachev2connect.CacheServicePutProcedure:                    RoleWrite,
+	flytecachev2connect.CacheServiceGetOrExtendReservationProcedure: RoleWrite,
+	flytecachev2connect.CacheServiceReleaseReservationProcedure:     RoleWrite,
+	flytecachev2connect.CacheServiceDeleteProcedure:                 RoleAdmin,
 }
 
 // RoleOf returns the role a procedure (its full name, as in

@@ -49,17 +49,25 @@ func (m *Manager) FlyteGet(ctx context.Context, req *flytecachev2.GetCacheReques
 }
 
 // FlytePut answers Flyte's Put with our Put's rules: atomic, ALREADY_EXISTS
-// unless overwrite is set or the entry is older than max_age, server
-// timestamps, created_at kept on replace.
+// unless overwrite is set or the entry is older than max_age (a set zero
+// max_age is an overwrite, as in Flyte's service), server timestamps,
+// created_at kept on replace.
 func (m *Manager) FlytePut(ctx context.Context, req *flytecachev2.PutCacheRequest) (*flytecache.PutCacheResponse, error) {
 	base := req.GetBaseRequest()
 	out := base.GetOutput()
 	src := out.GetMetadata().GetSourceIdentifier()
+	overwrite, maxAge := base.GetOverwrite().GetOverwrite(), base.GetOverwrite().GetMaxAge()
+	if maxAge != nil && maxAge.GetSeconds() == 0 && maxAge.GetNanos() == 0 {
+		// Flyte's service replaces an entry older than max_age, and
+		// every entry is older than zero: a zero max_age is an
+		// overwrite there, so it is one here (ours refuses zero).
+		overwrite, maxAge = true, nil
+	}
 	ours := &cachev1.PutRequest{
 		Scope:     flyteScope(req.GetIdentifier()),
 		Key:       base.GetKey(),
-		Overwrite: base.GetOverwrite().GetOverwrite(),
-		MaxAge:    base.GetOverwrite().GetMaxAge(),
+		Overwrite: overwrite,
+		MaxAge:    maxAge,
 		Output: &cachev1.CachedOutput{Metadata: &cachev1.Metadata{
 			Labels: out.GetMetadata().GetKeyMap().GetValues(),
 		}},
@@ -199,19 +207,15 @@ func flyteOutputOf(e store.Entry) (*flytecache.CachedOutput, bool) {
 	return out, true
 }
 
-// flyteSourceOf decodes the stored Flyte source identifier. It is trusted
-// only while its name and version match the entry's source: a replica of the
-// previous version, during a rolling upgrade, overwrites the entry without
-// knowing the column, and then the identifier describes an older write.
+// flyteSourceOf decodes the stored Flyte source identifier. The store hands
+// it over only while no replica of the previous version has overwritten the
+// entry since it was stored (migration 004), so it describes this write.
 func flyteSourceOf(e store.Entry) (*flytecore.Identifier, bool) {
 	if e.FlyteSource == nil {
 		return nil, false
 	}
 	src := &flytecore.Identifier{}
 	if err := proto.Unmarshal(e.FlyteSource, src); err != nil {
-		return nil, false
-	}
-	if src.GetName() != e.SourceName || src.GetVersion() != e.SourceVersion {
 		return nil, false
 	}
 	return src, true

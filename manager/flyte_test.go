@@ -7,7 +7,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -95,7 +94,9 @@ func TestFlytePutKeepsCreatedAtAndAppliesMaxAge(t *testing.T) {
 
 // TestFlyteGetDistrustsSourceAfterPreviousVersionOverwrite: a replica of the
 // previous version overwrites the entry without knowing flyte_source; the
-// stale identifier must not be served as the new output's source.
+// stale identifier must not be served as the new output's source, even when
+// that write is of the same task (it is a cacheservice.v1 write, which has
+// no Flyte source, so Flyte's API misses).
 func TestFlyteGetDistrustsSourceAfterPreviousVersionOverwrite(t *testing.T) {
 	t.Parallel()
 	b := setupFlyte(t)
@@ -104,19 +105,36 @@ func TestFlyteGetDistrustsSourceAfterPreviousVersionOverwrite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The columns the previous version's Put writes.
+	// The columns the previous version's Put writes, last_updated_at among
+	// them.
 	for key, name := range map[string]string{"renamed": "other-task", "same": "n"} {
-		if _, err := b.conn.Exec(t.Context(), `UPDATE cache_entries SET output_uri = 's3://old-version', source_name = $2
-			WHERE key = $1`, key, name); err != nil {
+		if _, err := b.conn.Exec(t.Context(), `UPDATE cache_entries SET output_uri = 's3://old-version', source_name = $2,
+			last_updated_at = cache_now() WHERE key = $1`, key, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := b.get(t, "renamed")
-	wantCode(t, err, connect.CodeNotFound)
-	// Same task: the identifier still describes the entry's source.
-	out, err := b.get(t, "same")
-	if err != nil || out.GetOutputUri() != "s3://old-version" ||
-		!proto.Equal(out.GetMetadata().GetSourceIdentifier(), flytePut("", "", nil).GetBaseRequest().GetOutput().GetMetadata().GetSourceIdentifier()) {
-		t.Fatalf("Get = %v, %v", out, err)
+	for _, key := range []string{"renamed", "same"} {
+		_, err := b.get(t, key)
+		wantCode(t, err, connect.CodeNotFound)
 	}
+}
+
+// TestFlytePutZeroMaxAgeReplaces: Flyte's service replaces an entry older
+// than max_age, and every entry is older than zero, so a set zero max_age
+// replaces what is there (our own API refuses zero).
+func TestFlytePutZeroMaxAgeReplaces(t *testing.T) {
+	t.Parallel()
+	b := setupFlyte(t)
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://2", &flytecache.OverwriteOutput{MaxAge: durationpb.New(0)})); err != nil {
+		t.Fatalf("Put with max_age 0: %v", err)
+	}
+	if out, err := b.get(t, "k"); err != nil || out.GetOutputUri() != "s3://2" {
+		t.Fatalf("Get = %v, %v; want s3://2", out, err)
+	}
+	// Unset max_age and no overwrite, as Flyte's executor sends: refused.
+	_, err := b.manager.FlytePut(t.Context(), flytePut("k", "s3://3", &flytecache.OverwriteOutput{}))
+	wantCode(t, err, connect.CodeAlreadyExists)
 }

@@ -24,8 +24,9 @@ type Entry struct {
 	CreatedAt     time.Time
 	LastUpdatedAt time.Time
 	// Literals says Inline holds a serialized Flyte LiteralMap stored
-	// through Flyte's API (migration 004). GetEntry sets it only while the
-	// stored digest still matches the bytes.
+	// through Flyte's API (migration 004). GetEntry sets it, and
+	// FlyteSource, only while no previous version has overwritten the entry
+	// since.
 	Literals bool
 	// FlyteSource is a serialized flyteidl2.core.Identifier stored through
 	// Flyte's API, nil otherwise. The store keeps it opaque; whether it still
@@ -50,11 +51,10 @@ func (s *Store) GetEntry(ctx context.Context, id ID) (Entry, error) {
 	var uri *string
 	err := s.db.QueryRow(ctx, `
 		SELECT output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
-			-- A LiteralMap only while the digest matches: a previous
-			-- version's overwrite leaves a stale digest (migration 004).
-			literals_sha256 IS NOT NULL AND output_inline IS NOT NULL
-				AND literals_sha256 = sha256(output_inline),
-			flyte_source
+			-- Trusted only while the copy of last_updated_at matches: a
+			-- previous version's overwrite moves it (migration 004).
+			coalesce(literals AND flyte_written_at = last_updated_at, false),
+			CASE WHEN flyte_written_at = last_updated_at THEN flyte_source END
 		FROM cache_entries
 		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
 		id.Org, id.Project, id.Domain, id.Key,
@@ -105,9 +105,8 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	tag, err := s.db.Exec(ctx, `
 		INSERT INTO cache_entries AS e
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
-			 literals_sha256, flyte_source)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, clock.now, clock.now,
-			CASE WHEN $12::boolean AND $6::bytea IS NOT NULL THEN sha256($6::bytea) END, $13
+			 flyte_written_at, literals, flyte_source)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, clock.now, clock.now, clock.now, $12, $13
 		FROM (SELECT cache_now() AS now) clock
 		ON CONFLICT (org, project, domain, key) DO UPDATE SET
 			output_uri      = EXCLUDED.output_uri,
@@ -116,7 +115,8 @@ func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 			source_version  = EXCLUDED.source_version,
 			labels          = EXCLUDED.labels,
 			last_updated_at = EXCLUDED.last_updated_at,
-			literals_sha256 = EXCLUDED.literals_sha256,
+			flyte_written_at = EXCLUDED.flyte_written_at,
+			literals        = EXCLUDED.literals,
 			flyte_source    = EXCLUDED.flyte_source
 		WHERE $10 OR e.last_updated_at < EXCLUDED.last_updated_at - $11::interval`,
 		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,

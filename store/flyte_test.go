@@ -35,7 +35,7 @@ func previousGetEntry(ctx context.Context, conn *pgx.Conn, id store.ID) (store.E
 }
 
 // previousPutEntry is the previous version's PutEntry statement, which knows
-// nothing of literals_sha256 and flyte_source.
+// nothing of flyte_written_at, literals and flyte_source.
 func previousPutEntry(ctx context.Context, conn *pgx.Conn, e store.Entry) error {
 	var uri *string
 	var inline []byte
@@ -57,6 +57,18 @@ func previousPutEntry(ctx context.Context, conn *pgx.Conn, e store.Entry) error 
 			last_updated_at = EXCLUDED.last_updated_at`,
 		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, time.Now())
 	return err
+}
+
+// previousVersionConn is a connection of its own, standing for a replica of
+// the previous version.
+func previousVersionConn(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }
 
 // literalBytes stands for a serialized LiteralMap; the store never parses it.
@@ -117,11 +129,7 @@ func TestEmptyLiteralMapIsALiteralEntry(t *testing.T) {
 func TestPreviousVersionServesLiteralEntryByItsBytes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	conn, err := pgx.Connect(b.ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := previousVersionConn(t, b.url)
 	id := store.ID{"o", "p", "d", "lit"}
 	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01}}, store.Replace{}); err != nil {
 		t.Fatal(err)
@@ -141,11 +149,7 @@ func TestPreviousVersionServesLiteralEntryByItsBytes(t *testing.T) {
 func TestPreviousVersionOverwriteUnmarksLiterals(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	conn, err := pgx.Connect(b.ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := previousVersionConn(t, b.url)
 	for _, tc := range []struct {
 		name string
 		over store.Entry
@@ -170,8 +174,44 @@ func TestPreviousVersionOverwriteUnmarksLiterals(t *testing.T) {
 		if got.Literals {
 			t.Errorf("%s: still marked as a LiteralMap after the previous version overwrote it: %+v", tc.name, got)
 		}
+		if got.FlyteSource != nil {
+			t.Errorf("%s: still carries the Flyte source of the write the previous version replaced", tc.name)
+		}
 		if got.URI != tc.over.URI || !bytes.Equal(got.Inline, tc.over.Inline) && tc.over.URI == "" {
 			t.Errorf("%s: got uri %q inline %x", tc.name, got.URI, got.Inline)
 		}
+	}
+}
+
+// TestPreviousVersionOverwriteOfSameTaskUnbindsFlyteSource: the previous
+// version's Put of the same task (same source name and version, same bytes)
+// must still unbind the stored Flyte source identifier and the LiteralMap
+// mark, since they describe a write that is gone.
+func TestPreviousVersionOverwriteOfSameTaskUnbindsFlyteSource(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	conn := previousVersionConn(t, b.url)
+	id := store.ID{"o", "p", "d", "same"}
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01},
+		SourceName: "n", SourceVersion: "v"}, store.Replace{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := previousPutEntry(b.ctx, conn, store.Entry{ID: id, Inline: literalBytes, SourceName: "n", SourceVersion: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.store.GetEntry(b.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Literals || got.FlyteSource != nil {
+		t.Fatalf("after the previous version's overwrite of the same task: literals %v, flyte source %x", got.Literals, got.FlyteSource)
+	}
+	// This version's own overwrite binds them again.
+	if err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: literalBytes, Literals: true, FlyteSource: []byte{0x20, 0x01},
+		SourceName: "n", SourceVersion: "v"}, store.Replace{Always: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.store.GetEntry(b.ctx, id); err != nil || !got.Literals || got.FlyteSource == nil {
+		t.Fatalf("after this version's overwrite: %+v, %v", got, err)
 	}
 }

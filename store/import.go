@@ -16,9 +16,9 @@ import (
 // that an import can run again, or resume, without overwriting anything.
 // Unlike PutEntry, which stamps the database's clock, the entries keep their
 // own CreatedAt and LastUpdatedAt: an import carries history over. They are
-// marked as PutEntry marks them (a LiteralMap's digest, Flyte's source
-// identifier as given). It returns how many were inserted; the rest were
-// present already. One entry too large to index fails the whole statement
+// marked as PutEntry marks them (flyte_written_at a copy of their
+// LastUpdatedAt, the LiteralMap flag, Flyte's source identifier as given).
+// It returns how many were inserted; the rest were present already. One entry too large to index fails the whole statement
 // with ErrTooLarge, and nothing is inserted.
 func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted int64, err error) {
 	if len(entries) == 0 {
@@ -65,8 +65,8 @@ func (s *Store) ImportEntries(ctx context.Context, entries []Entry) (inserted in
 	tag, err := s.pool.Exec(ctx, `
 		INSERT INTO cache_entries
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
-			 literals_sha256, flyte_source)
-		SELECT o, p, d, k, u, i, sn, sv, l::jsonb, c, lu, CASE WHEN lit THEN sha256(i) END, fs
+			 flyte_written_at, literals, flyte_source)
+		SELECT o, p, d, k, u, i, sn, sv, l::jsonb, c, lu, lu, lit, fs
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
 		            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
 		            $12::boolean[], $13::bytea[])
@@ -101,7 +101,7 @@ func (s *Store) CountEntries(ctx context.Context, ids []ID) (int64, error) {
 		JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(o, p, d, k)
 			ON (e.org, e.project, e.domain, e.key) = (t.o, t.p, t.d, t.k)`,
 		orgs, projects, domains, keys).Scan(&count)
-	if isUndefinedTable(err) {
+	if IsUndefinedTable(err) {
 		return 0, nil // a database not migrated yet holds no entries
 	}
 	if err != nil {
@@ -110,7 +110,10 @@ func (s *Store) CountEntries(ctx context.Context, ids []ID) (int64, error) {
 	return count, nil
 }
 
-func isUndefinedTable(err error) bool {
+// IsUndefinedTable reports whether err is PostgreSQL's "relation does not
+// exist": a database not migrated yet, or (for the Flyte importer) not
+// Flyte's.
+func IsUndefinedTable(err error) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	return ok && pgErr.Code == pgerrcode.UndefinedTable
 }

@@ -34,9 +34,9 @@ type flyteProtocol struct {
 
 // flyteProtocols: Connect binary over HTTP/1.1 with http.DefaultClient,
 // exactly as Flyte's executor builds its client (NewHTTPClient), then gRPC
-// over h2c, Connect JSON and gRPC-Web, which other tools may use. Tests
-// index into it: [:2] are the binary ones Flyte's executor could use, [2]
-// is JSON.
+// over h2c, Connect JSON and gRPC-Web, which other tools may use, and
+// Connect binary and JSON over h2c. Tests index into it: [:2] are the binary
+// ones Flyte's executor could use, [2] is JSON.
 func (s *testServer) flyteProtocols(t *testing.T) []flyteProtocol {
 	t.Helper()
 	return []flyteProtocol{
@@ -44,6 +44,8 @@ func (s *testServer) flyteProtocols(t *testing.T) []flyteProtocol {
 		{"grpc/h2c", flytecachev2connect.NewCacheServiceClient(h2cClient(t), s.url, connect.WithGRPC())},
 		{"connect+json/http1.1", flytecachev2connect.NewCacheServiceClient(http1Client(t), s.url, connect.WithProtoJSON())},
 		{"grpc-web/http1.1", flytecachev2connect.NewCacheServiceClient(http1Client(t), s.url, connect.WithGRPCWeb())},
+		{"connect+proto/h2c", flytecachev2connect.NewCacheServiceClient(h2cClient(t), s.url)},
+		{"connect+json/h2c", flytecachev2connect.NewCacheServiceClient(h2cClient(t), s.url, connect.WithProtoJSON())},
 	}
 }
 
@@ -567,6 +569,31 @@ func TestFlyteDeleteBlobIsRefused(t *testing.T) {
 	}
 }
 
+// TestFlyteZeroMaxAgeIsAccepted: Flyte's service takes a set zero max_age
+// (every entry is older than zero, so it replaces), and so must the wire
+// rule, over every protocol.
+func TestFlyteZeroMaxAgeIsAccepted(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	for _, p := range srv.flyteProtocols(t) {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			c, id := p.client, flyteIdentifier(t)
+			if _, err := c.Put(callCtx(t), connect.NewRequest(flytePutURI(id, "k", "s3://b/old", false))); err != nil {
+				t.Fatal(err)
+			}
+			req := flytePutURI(id, "k", "s3://b/new", false)
+			req.BaseRequest.Overwrite.MaxAge = durationpb.New(0)
+			if _, err := c.Put(callCtx(t), connect.NewRequest(req)); err != nil {
+				t.Fatalf("Put with max_age 0: %v", err)
+			}
+			if out := wantFlyteHit(t)(c.Get(callCtx(t), flyteGet(id, "k"))); out.GetOutputUri() != "s3://b/new" {
+				t.Fatalf("Get = %v; want s3://b/new", out)
+			}
+		})
+	}
+}
+
 func TestFlyteBadRequestsNameTheField(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t, "--max-heartbeat", "10s")
@@ -582,6 +609,11 @@ func TestFlyteBadRequestsNameTheField(t *testing.T) {
 		{"no org", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Org = "" }, "identifier.org"},
 		{"no base_request", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest = nil }, "base_request"},
 		{"empty key", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Key = "" }, "base_request.key"},
+		// The shared identity rule (cacheservice.v1.identity), with the
+		// standard rules' ids and messages.
+		{"long key", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Key = strings.Repeat("k", 1025) }, "base_request.key: must be at most 1024 characters"},
+		{"control character in project", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Project = "p\x01" }, "identifier.project: does not match regex pattern"},
+		{"long domain", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Domain = strings.Repeat("d", 256) }, "identifier.domain: must be at most 255 characters"},
 		{"no output", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Output.Output = nil }, "base_request.output"},
 		{"no metadata", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Output.Metadata = nil }, "base_request.output.metadata"},
 		{"no source", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Output.Metadata.SourceIdentifier = nil }, "base_request.output.metadata.source_identifier"},

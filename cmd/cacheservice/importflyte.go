@@ -16,6 +16,10 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
+// importDBTimeout is the import's default --db-timeout: one batch's write
+// (1000 rows by default) rather than one Get, which serve's default is for.
+const importDBTimeout = 30 * time.Second
+
 // importConfig is what `cacheservice import-flyte` can be told.
 type importConfig struct {
 	// db says where our database is, as for serve.
@@ -30,15 +34,20 @@ type importConfig struct {
 // comes from --database-url or the same environment variables as serve's,
 // else the embedded PostgreSQL in --data-dir.
 func parseImportConfig(args []string, env lookupEnv, output io.Writer) (importConfig, error) {
-	cfg := importConfig{db: Config{Store: store.Config{MaxConns: 2}, ShutdownTimeout: 15 * time.Second}, progressEvery: time.Second}
+	// Serve's defaults, so the database is found and stopped the same way;
+	// the import needs two connections (one reads while one writes), and a
+	// batch's write a longer deadline than one Get.
+	cfg := importConfig{db: defaultConfig(), progressEvery: time.Second}
+	cfg.db.Store.MaxConns = 2
+	cfg.db.Store.Timeout = importDBTimeout
 	fs := flag.NewFlagSet("cacheservice import-flyte", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	var projects, domains string
 	fs.StringVar(&cfg.run.From, "from", "", "connection `URL` of Flyte's cache service database (read only; required)")
 	fs.StringVar(&cfg.db.Store.URL, "database-url", "", "our PostgreSQL connection `URL` (env CACHESERVICE_DATABASE_URL, else DATABASE_URL); empty uses the embedded PostgreSQL in --data-dir")
-	fs.StringVar(&cfg.db.DataDir, "data-dir", ".cacheservice", "`directory` of the embedded PostgreSQL, when no database URL is given (env CACHESERVICE_DATA_DIR)")
-	fs.DurationVar(&cfg.db.Store.Timeout, "db-timeout", 30*time.Second, "deadline of each batch's write to our database")
+	fs.StringVar(&cfg.db.DataDir, "data-dir", cfg.db.DataDir, "`directory` of the embedded PostgreSQL, when no database URL is given (env CACHESERVICE_DATA_DIR)")
+	fs.DurationVar(&cfg.db.Store.Timeout, "db-timeout", cfg.db.Store.Timeout, "deadline of each batch's write to our database")
 	fs.StringVar(&cfg.run.Org, "org", "", "`org` of the rows whose metadata names none (Flyte dropped the org from its keys); without it such rows are skipped")
 	fs.StringVar(&projects, "projects", "", "comma-separated `projects`: a key without metadata may only be read as naming one of these")
 	fs.StringVar(&domains, "domains", "", "comma-separated `domains`: a key without metadata may only be read as naming one of these, such as development,staging,production")
@@ -67,13 +76,21 @@ func parseImportConfig(args []string, env lookupEnv, output io.Writer) (importCo
 		}
 	}
 	cfg.run.Projects, cfg.run.Domains = splitList(projects), splitList(domains)
+	// The lock timeout is no flag here (the import claims nothing), but the
+	// store's bounds tie it to --db-timeout, as serve keeps it.
+	cfg.db.Store.LockTimeout = min(cfg.db.Store.LockTimeout, cfg.db.Store.Timeout/2)
+	if err := cfg.db.Store.Validate(); err != nil {
+		// Named as flags only: import-flyte reads no environment for them.
+		if se, ok := errors.AsType[*store.SettingError](err); ok {
+			return importConfig{}, fmt.Errorf("--%s %s", se.Setting, se.Problem)
+		}
+		return importConfig{}, err
+	}
 	switch {
 	case cfg.run.From == "":
 		return importConfig{}, errors.New("--from is required: the connection URL of Flyte's cache service database")
 	case cfg.run.BatchSize < 1 || cfg.run.BatchSize > 100_000:
 		return importConfig{}, fmt.Errorf("--batch-size must be between 1 and 100000, got %d", cfg.run.BatchSize)
-	case cfg.db.Store.Timeout <= 0:
-		return importConfig{}, fmt.Errorf("--db-timeout must be positive, got %v", cfg.db.Store.Timeout)
 	case cfg.db.embedded() && cfg.db.DataDir == "":
 		return importConfig{}, errors.New("--data-dir must not be empty when no database URL is given")
 	}
@@ -197,6 +214,10 @@ func printSummary(w io.Writer, s flyteimport.Summary) {
 	}
 	if s.FromKeyOnly > 0 {
 		fmt.Fprintf(w, "  %d of the entries had no metadata placing them, and were placed by their key alone\n", s.FromKeyOnly)
+	}
+	if s.NoSource > 0 {
+		fmt.Fprintf(w, "  %d of the entries have no source identifier: Flyte's API answers them not_found, "+
+			"and its non-overwriting Put of their keys already_exists, until Flyte overwrites them\n", s.NoSource)
 	}
 	switch {
 	case s.Reservations < 0:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
 	flytecore "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
+	"github.com/cacheservice/cacheservice/internal/flyteimport"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
@@ -167,5 +169,49 @@ func TestImportFlyteCommandRefusesADatabaseThatIsNotFlytes(t *testing.T) {
 	code, _, errOut := runImport(t, "--from", pgtest.NewDatabase(t), "--database-url", pgtest.NewDatabase(t))
 	if code != exitFail || !strings.Contains(errOut, "no cache_service_outputs table") {
 		t.Fatalf("exit %d, stderr %q; want exit 1 saying it is not Flyte's database", code, errOut)
+	}
+}
+
+// TestImportFlyteSummaryCountsRowsWithoutSource: imported rows without a
+// source identifier are misses for Flyte's API that still block its
+// non-overwriting Puts; the summary counts them apart.
+func TestImportFlyteSummaryCountsRowsWithoutSource(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	printSummary(&out, flyteimport.Summary{Read: 3, Imported: 3, NoSource: 2})
+	if want := "2 of the entries have no source identifier: Flyte's API answers them not_found"; !strings.Contains(out.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	printSummary(&out, flyteimport.Summary{Read: 3, Imported: 3})
+	if strings.Contains(out.String(), "no source identifier") {
+		t.Errorf("summary mentions rows without source when there are none:\n%s", out.String())
+	}
+}
+
+// TestImportFlyteConfigUsesServesDefaultsAndBounds: import-flyte finds and
+// stops our database as serve does, and its --db-timeout has the store's
+// bounds.
+func TestImportFlyteConfigUsesServesDefaultsAndBounds(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseImportConfig([]string{"--from", "postgres://x"}, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := defaultConfig()
+	if cfg.db.DataDir != def.DataDir || cfg.db.ShutdownTimeout != def.ShutdownTimeout {
+		t.Errorf("data dir %q, shutdown timeout %v; want serve's %q and %v", cfg.db.DataDir, cfg.db.ShutdownTimeout, def.DataDir, def.ShutdownTimeout)
+	}
+	if err := cfg.db.Store.Validate(); err != nil {
+		t.Errorf("default store config is invalid: %v", err)
+	}
+	for _, bad := range []string{"10h", "0s", "-1s"} {
+		_, err := parseImportConfig([]string{"--from", "postgres://x", "--db-timeout", bad}, noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--db-timeout") {
+			t.Errorf("--db-timeout %s: err = %v; want it refused by name", bad, err)
+		}
+	}
+	if _, err := parseImportConfig([]string{"--from", "postgres://x", "--db-timeout", "100ms"}, noEnv, io.Discard); err != nil {
+		t.Errorf("--db-timeout 100ms: %v", err)
 	}
 }

@@ -67,6 +67,9 @@ func (c *converter) convertAll(rows []flyteRow) prepared {
 			if r.fromKey {
 				p.fromKeyOnly++
 			}
+			if r.entry.FlyteSource == nil {
+				p.noSource++
+			}
 		}
 	}
 	return p
@@ -83,13 +86,14 @@ func (c *converter) convert(r flyteRow) (e store.Entry, fromKey bool, skip *Skip
 		return skipped(ReasonBadMetadata, "%v", err)
 	}
 	// The metadata places the row when its source names the project and
-	// domain the stored key starts with; Flyte's executor sends its task's
-	// identifier both as the request's scope and as the source.
-	org := ""
-	s, ok := scopeFromSource(r.Key, md.sourceProject(), md.sourceDomain())
-	if ok {
-		org = md.sourceOrg()
-	} else {
+	// domain the stored key starts with, the rules allow them, and no other
+	// reading is as well supported (scopeFromSource); Flyte's executor sends
+	// its task's identifier both as the request's scope and as the source.
+	s, ok, err := scopeFromSource(r.Key, md.sourceProject(), md.sourceDomain(), c.rules)
+	if err != nil {
+		return skipped(ReasonAmbiguousKey, "%v", err)
+	}
+	if !ok {
 		if s, err = scopeFromKey(r.Key, c.rules); err != nil {
 			se := &splitError{}
 			if errors.As(err, &se) {
@@ -99,11 +103,14 @@ func (c *converter) convert(r flyteRow) (e store.Entry, fromKey bool, skip *Skip
 		}
 		fromKey = true
 	}
+	// The org Flyte dropped from the key is still in the metadata, whatever
+	// decided the split; --org only fills in where the metadata names none.
+	org := md.sourceOrg()
 	if org == "" {
 		org = c.org
 	}
-	if org == "" && fromKey {
-		return skipped(ReasonNoOrg, "no metadata places the row, so none names its org; pass --org to name the org Flyte dropped")
+	if org == "" && md.sourceProject() == "" {
+		return skipped(ReasonNoOrg, "no metadata names the row's org; pass --org to name the org Flyte dropped")
 	}
 	if org == "" {
 		return skipped(ReasonNoOrg, "the metadata names no org; pass --org to name the org Flyte dropped")

@@ -87,6 +87,12 @@ type Summary struct {
 	// FromKeyOnly counts the imported rows placed by their key alone, for
 	// want of metadata that places them.
 	FromKeyOnly int64
+	// NoSource counts the imported rows without a source identifier (no
+	// stored metadata names one). Flyte's API as we serve it answers them
+	// not_found, since Flyte's client refuses a hit without a source, yet
+	// they exist, so Flyte's non-overwriting Put of the same key gets
+	// already_exists until an overwrite (or a Delete) replaces them.
+	NoSource int64
 	// LastKey is the last source key whose batch is done: a resumed import
 	// starts after it.
 	LastKey string
@@ -177,6 +183,7 @@ func Run(ctx context.Context, dst *store.Store, cfg Config, hooks Hooks) (sum Su
 		sum.Imported += imported.inserted
 		sum.Present += imported.present
 		sum.FromKeyOnly += b.fromKeyOnly
+		sum.NoSource += b.noSource
 		sum.LastKey = b.lastKey
 		if hooks.Progress != nil {
 			hooks.Progress(sum)
@@ -193,6 +200,7 @@ type prepared struct {
 	sourceKeys  []string // the Flyte key of each entry
 	skips       []Skipped
 	fromKeyOnly int64
+	noSource    int64
 }
 
 // readBatches reads the source in key order and sends each batch, converted,

@@ -184,9 +184,9 @@ func realisticRows(t *testing.T, b *testBundle) ([]want, map[string]flyteimport.
 		// No metadata: the key reads one way only; created_at is the row's.
 		{source: "bare-staging-k1", org: "fallback", project: "bare", domain: "staging", key: "k1",
 			uri: "s3://flyte/outputs/4", createdAt: t1, lastUpdatedAt: t2},
-		// The source names another place, so it does not place the row (nor
-		// give its org); the key reads one way only. What it says is kept.
-		{source: "x-y-z", org: "fallback", project: "x", domain: "y", key: "z",
+		// The source names another place, so it does not place the row; the
+		// key reads one way only. What it says is kept, its org included.
+		{source: "x-y-z", org: "elsewhere", project: "x", domain: "y", key: "z",
 			uri: "s3://flyte/outputs/5", name: "t", version: "2", labels: mismatch.KeyMap.Values, createdAt: t0, lastUpdatedAt: t1,
 			flyteSource: mismatch.SourceIdentifier},
 	}
@@ -330,6 +330,11 @@ func TestImportPlacesEveryRowOrSaysWhyNot(t *testing.T) {
 	if sum.FromKeyOnly != 2 || sum.Reservations != 2 {
 		t.Errorf("from key only = %d, reservations = %d; want 2 and 2", sum.FromKeyOnly, sum.Reservations)
 	}
+	// bare-staging-k1 has no metadata: a miss for Flyte's API that still
+	// holds its key.
+	if sum.NoSource != 1 {
+		t.Errorf("no source = %d, want 1", sum.NoSource)
+	}
 	if want := "x-y-z"; sum.LastKey != want {
 		t.Errorf("last key = %q, want %q", sum.LastKey, want)
 	}
@@ -347,13 +352,13 @@ func TestImportWithoutOrgSkipsRowsThatNeedIt(t *testing.T) {
 	b := setup(t)
 	_, _ = realisticRows(t, b)
 	sum, skipped := b.run(t, flyteimport.Config{})
-	for _, key := range []string{"solo-production-k-1", "bare-staging-k1", "x-y-z"} {
+	for _, key := range []string{"solo-production-k-1", "bare-staging-k1"} {
 		if skipped[key].Reason != flyteimport.ReasonNoOrg {
 			t.Errorf("row %q: skipped as %+v, want no_org", key, skipped[key])
 		}
 	}
-	if sum.Imported != 2 {
-		t.Errorf("imported %d, want the 2 rows whose metadata names their org", sum.Imported)
+	if sum.Imported != 3 {
+		t.Errorf("imported %d, want the 3 rows whose metadata names their org", sum.Imported)
 	}
 }
 

@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cacheservice/cacheservice/store"
 )
 
 // flyteRow is one row of Flyte's cache_service_outputs table, as its cache
@@ -85,7 +85,7 @@ func (s *source) batch(ctx context.Context, after string, first bool, limit int)
 func (s *source) reservations(ctx context.Context) (int64, error) {
 	var n int64
 	err := s.conn.QueryRow(ctx, `SELECT count(*) FROM cache_service_reservations`).Scan(&n)
-	if isUndefinedTable(err) {
+	if store.IsUndefinedTable(err) {
 		return -1, nil
 	}
 	if err != nil {
@@ -95,13 +95,8 @@ func (s *source) reservations(ctx context.Context) (int64, error) {
 }
 
 func sourceError(err error) error {
-	if isUndefinedTable(err) {
+	if store.IsUndefinedTable(err) {
 		return errNotFlyte
 	}
 	return fmt.Errorf("read Flyte's cache_service_outputs: %w", err)
-}
-
-func isUndefinedTable(err error) bool {
-	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	return ok && pgErr.Code == pgerrcode.UndefinedTable
 }

@@ -36,16 +36,61 @@ func (e *splitError) Error() string { return e.detail }
 // row's metadata names: Flyte's service stored project + "-" + domain + "-" +
 // key, so the key is what follows that prefix. It reports false when the
 // metadata does not name both, or names a prefix the stored key does not
-// have (the metadata then says nothing about where the row belongs).
-func scopeFromSource(stored, project, domain string) (scope, bool) {
+// have, or a project or domain the rules exclude (the metadata then says
+// nothing about where the row belongs, and the key alone must).
+//
+// The metadata names the task's own identifier, which need not be the scope
+// the task ran in: source ml/dev on stored key ml-dev-production-k may be a
+// task of ml/dev run in ml-dev/production. So the metadata's reading is
+// taken only when no other reading of the key is as well supported: when it
+// is the only reading whose project is in --projects (or, without
+// --projects, is the metadata's project) and whose domain is in --domains
+// (or, without --domains, is the metadata's domain). Otherwise the row is
+// ambiguous_key. Without either list the metadata decides; with both, every
+// reading the operator's lists allow competes.
+func scopeFromSource(stored, project, domain string, rules splitRules) (scope, bool, error) {
 	if project == "" || domain == "" {
-		return scope{}, false
+		return scope{}, false, nil
 	}
 	key, ok := strings.CutPrefix(stored, project+"-"+domain+"-")
 	if !ok || key == "" {
-		return scope{}, false
+		return scope{}, false, nil
 	}
-	return scope{Project: project, Domain: domain, Key: key}, true
+	s := scope{Project: project, Domain: domain, Key: key}
+	if !rules.allows(s) {
+		return scope{}, false, nil
+	}
+	effective := rules
+	if len(effective.Projects) == 0 {
+		effective.Projects = map[string]bool{project: true}
+	}
+	if len(effective.Domains) == 0 {
+		effective.Domains = map[string]bool{domain: true}
+	}
+	for _, r := range readings(stored) {
+		if r != s && effective.allows(r) {
+			return scope{}, false, &splitError{reason: ReasonAmbiguousKey, detail: fmt.Sprintf(
+				"the metadata reads the key as %s, but %s is allowed by --projects and --domains too", s, r)}
+		}
+	}
+	return s, true, nil
+}
+
+// readings is every way to cut stored at two of its dashes into three
+// non-empty parts.
+func readings(stored string) []scope {
+	var out []scope
+	for i := range len(stored) {
+		if stored[i] != '-' || i == 0 {
+			continue
+		}
+		for j := i + 2; j < len(stored)-1; j++ {
+			if stored[j] == '-' {
+				out = append(out, scope{Project: stored[:i], Domain: stored[i+1 : j], Key: stored[j+1:]})
+			}
+		}
+	}
+	return out
 }
 
 // scopeFromKey reads a stored key with no metadata to decide it: every way to
@@ -55,37 +100,27 @@ func scopeFromSource(stored, project, domain string) (scope, bool) {
 // guessed.
 func scopeFromKey(stored string, rules splitRules) (scope, error) {
 	var found []scope
-	candidates := 0
-	for i := range len(stored) {
-		if stored[i] != '-' || i == 0 {
+	candidates := readings(stored)
+	for _, s := range candidates {
+		if !rules.allows(s) {
 			continue
 		}
-		for j := i + 2; j < len(stored)-1; j++ {
-			if stored[j] != '-' {
-				continue
-			}
-			candidates++
-			s := scope{Project: stored[:i], Domain: stored[i+1 : j], Key: stored[j+1:]}
-			if !rules.allows(s) {
-				continue
-			}
-			found = append(found, s)
-			if len(found) > 1 {
-				return scope{}, &splitError{reason: ReasonAmbiguousKey, detail: fmt.Sprintf(
-					"no metadata, and the key reads as more than one project-domain-key, such as %s and %s",
-					found[0], found[1])}
-			}
+		found = append(found, s)
+		if len(found) > 1 {
+			return scope{}, &splitError{reason: ReasonAmbiguousKey, detail: fmt.Sprintf(
+				"no metadata places the row, and the key reads as more than one project-domain-key, such as %s and %s",
+				found[0], found[1])}
 		}
 	}
 	switch {
 	case len(found) == 1:
 		return found[0], nil
-	case candidates == 0:
-		return scope{}, &splitError{reason: ReasonUnsplittableKey, detail: "no metadata, and the key is not project-domain-key"}
+	case len(candidates) == 0:
+		return scope{}, &splitError{reason: ReasonUnsplittableKey, detail: "no metadata places the row, and the key is not project-domain-key"}
 	default:
 		return scope{}, &splitError{reason: ReasonUnsplittableKey, detail: fmt.Sprintf(
-			"no metadata, and none of the key's %d readings as project-domain-key names a project and domain allowed by --projects and --domains",
-			candidates)}
+			"no metadata places the row, and none of the key's %d readings as project-domain-key names a project and domain allowed by --projects and --domains",
+			len(candidates))}
 	}
 }
 

@@ -27,7 +27,10 @@ func TestScopeFromSourceStripsTheProjectDomainPrefix(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, ok := scopeFromSource(c.stored, c.project, c.domain)
+			got, ok, err := scopeFromSource(c.stored, c.project, c.domain, splitRules{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			if ok != c.ok || got != c.want {
 				t.Fatalf("scopeFromSource(%q, %q, %q) = %v, %v; want %v, %v", c.stored, c.project, c.domain, got, ok, c.want, c.ok)
 			}
