@@ -130,7 +130,7 @@ func importFlyteCommand(ctx context.Context, args []string, env lookupEnv, stdou
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case err != nil:
-		fmt.Fprintf(stderr, "cacheservice import-flyte: %v\nRun 'cacheservice import-flyte -help' for the flags.\n", oneLine(err))
+		fmt.Fprintf(stderr, "cacheservice import-flyte: %v (see cacheservice import-flyte -help)\n", oneLine(err))
 		return exitUsage
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
