@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -22,6 +21,7 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/syncbuf"
 )
 
 // Tokens of the principals in baseFile. Only their hashes are in the file.
@@ -65,29 +65,11 @@ func writeFile(t testing.TB, path, content string) string {
 	return path
 }
 
-// syncBuffer collects log output written from handler goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newAuthenticator writes content as the auth file and builds an
 // Authenticator logging as JSON into the returned buffer.
-func newAuthenticator(t testing.TB, content string, edit func(*Config)) (*Authenticator, *syncBuffer) {
+func newAuthenticator(t testing.TB, content string, edit func(*Config)) (*Authenticator, *syncbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg := Config{
 		File:   writeFile(t, filepath.Join(t.TempDir(), "auth.yaml"), content),
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

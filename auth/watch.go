@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/cacheservice/cacheservice/internal/filewatch"
 )
 
 // settle lets a burst of events (an editor's write-then-rename, Kubernetes'
@@ -22,7 +22,7 @@ const settle = 100 * time.Millisecond
 // previous file (see Reload). The watch is in place when Watch returns; its
 // error says why it could not start.
 func (a *Authenticator) Watch(ctx context.Context) (stop func(), err error) {
-	w, err := fsnotify.NewWatcher()
+	w, err := filewatch.New(settle)
 	if err != nil {
 		return nil, fmt.Errorf("watch auth file: %w", err)
 	}
@@ -32,37 +32,9 @@ func (a *Authenticator) Watch(ctx context.Context) (stop func(), err error) {
 		return nil, fmt.Errorf("watch auth file directory %s: %w", dir, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer w.Close()
-		a.watch(ctx, w, dir)
-	}()
+	done := w.Run(ctx, a.reloadIfChanged, func(err error) {
+		// An overflow may have hidden a change: the file is checked anyway.
+		a.log.Warn("watching the auth file", "dir", dir, "err", err)
+	})
 	return func() { cancel(); <-done }, nil
-}
-
-func (a *Authenticator) watch(ctx context.Context, w *fsnotify.Watcher, dir string) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			timer.Reset(settle)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			a.log.Warn("watching the auth file", "dir", dir, "err", err)
-			// An overflow may have hidden a change: check the file anyway.
-			timer.Reset(settle)
-		case <-timer.C:
-			a.reloadIfChanged()
-		}
-	}
 }

@@ -3,7 +3,9 @@ package deploy_test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -105,7 +107,7 @@ func TestDockerfileBuildsStaticNonRootImage(t *testing.T) {
 	if final := froms[len(froms)-1]; !strings.Contains(final, "distroless/static") && final != "scratch" {
 		t.Errorf("final stage FROM %s: want distroless/static or scratch", final)
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}", "./cmd/cacheservice"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cmd/cacheservice"} {
 		if !strings.Contains(build, want) {
 			t.Errorf("go build line %q lacks %s", build, want)
 		}
@@ -123,4 +125,57 @@ func TestDockerfileBuildsStaticNonRootImage(t *testing.T) {
 			t.Errorf("CMD listens with --%s=%s, but EXPOSE lists %v", f, flags[f], exposed)
 		}
 	}
+}
+
+// ldflagsRE finds the -ldflags="..." of the go build line.
+var ldflagsRE = regexp.MustCompile(`-ldflags="([^"]*)"`)
+
+// argRE finds ${NAME} references to build arguments.
+var argRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// buildLdflags returns the -ldflags of deploy/Dockerfile's go build, with each ${ARG} replaced by
+// args[ARG] when given, else by the ARG's default in the build stage: the test binary is stamped
+// exactly as the image's is, so TestStampedBinaryReportsItsBuild proves the Dockerfile's -X
+// targets are the variables internal/version reads.
+func buildLdflags(args map[string]string) (string, error) {
+	lines, err := logicalLines("Dockerfile", `\`)
+	if err != nil {
+		return "", err
+	}
+	defaults := map[string]string{}
+	for _, l := range lines {
+		cmd, rest, _ := strings.Cut(l, " ")
+		switch strings.ToUpper(cmd) {
+		case "FROM":
+			clear(defaults)
+		case "ARG":
+			name, value, _ := strings.Cut(strings.TrimSpace(rest), "=")
+			defaults[name] = value
+		case "RUN":
+			if !strings.Contains(rest, "go build") {
+				continue
+			}
+			m := ldflagsRE.FindStringSubmatch(rest)
+			if m == nil {
+				return "", fmt.Errorf("go build line %q has no -ldflags=\"...\"", rest)
+			}
+			var missing []string
+			out := argRE.ReplaceAllStringFunc(m[1], func(ref string) string {
+				name := argRE.FindStringSubmatch(ref)[1]
+				if v, ok := args[name]; ok {
+					return v
+				}
+				if v, ok := defaults[name]; ok {
+					return v
+				}
+				missing = append(missing, name)
+				return ref
+			})
+			if len(missing) > 0 {
+				return "", fmt.Errorf("-ldflags uses build arguments %v that no ARG declares", missing)
+			}
+			return out, nil
+		}
+	}
+	return "", fmt.Errorf("no RUN ... go build line in the Dockerfile")
 }

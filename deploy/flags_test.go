@@ -1,22 +1,12 @@
 package deploy_test
 
 import (
-	"maps"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 )
-
-// notYetWired lists flags the deploy files already use that `cacheservice serve` does not have
-// yet: the TLS (tlsconfig package), authentication and start-up retry flags of issue 12, which a
-// later change wires into cmd/cacheservice. A flag listed here may be missing from -help without
-// failing the test; any other missing flag fails it. The wiring change empties this set (the test
-// logs entries that -help already prints, so they can go).
-var notYetWired = map[string]bool{
-	"db-connect-timeout": true,
-}
 
 // flagUse is one flag named by a deploy file.
 type flagUse struct {
@@ -49,13 +39,8 @@ func TestDeployFilesUseExistingFlags(t *testing.T) {
 		t.Fatalf("found only %d flag uses in the deploy files; the parsing is broken: %v", len(uses), uses)
 	}
 	for _, u := range uses {
-		if !have[u.flag] && !notYetWired[u.flag] {
-			t.Errorf("%s uses --%s, which `cacheservice serve -help` does not list (nor does notYetWired)", u.file, u.flag)
-		}
-	}
-	for _, f := range slices.Sorted(maps.Keys(notYetWired)) {
-		if have[f] {
-			t.Logf("notYetWired names --%s, which -help now lists: remove it from the set", f)
+		if !have[u.flag] {
+			t.Errorf("%s uses --%s, which `cacheservice serve -help` does not list", u.file, u.flag)
 		}
 	}
 }

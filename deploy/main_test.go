@@ -34,20 +34,27 @@ var (
 	buildErr  error
 )
 
-// testVersion is stamped into the test binary the way deploy/Dockerfile stamps the release.
-const testVersion = "v0.0.0-deploytest"
+// testVersion and testCommit are stamped into the test binary with deploy/Dockerfile's own
+// -ldflags, as its VERSION and COMMIT build arguments.
+const (
+	testVersion = "v0.0.0-deploytest"
+	testCommit  = "0123456789abcdef0123456789abcdef01234567"
+)
 
-// binary builds ./cmd/cacheservice as deploy/Dockerfile does (CGO off, version stamped by
-// -ldflags) and returns its path. It leaves out the Dockerfile's -trimpath: that flag changes the
+// binary builds ./cmd/cacheservice as deploy/Dockerfile does (CGO off, the Dockerfile's
+// -ldflags with testVersion and testCommit) and returns its path. It leaves out the Dockerfile's -trimpath: that flag changes the
 // cache key of every package, so the test would compile the whole dependency tree a second time
 // (about two minutes of CPU here) for paths inside the binary that nothing here checks.
 func binary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		buildPath = filepath.Join(buildDir, "cacheservice")
-		cmd := exec.Command("go", "build",
-			"-ldflags=-s -w -X main.version="+testVersion+" -X main.commit=deploytest",
-			"-o", buildPath, "./cmd/cacheservice")
+		ldflags, err := buildLdflags(map[string]string{"VERSION": testVersion, "COMMIT": testCommit})
+		if err != nil {
+			buildErr = fmt.Errorf("read the Dockerfile's -ldflags: %w", err)
+			return
+		}
+		cmd := exec.Command("go", "build", "-ldflags="+ldflags, "-o", buildPath, "./cmd/cacheservice")
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

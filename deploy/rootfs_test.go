@@ -151,58 +151,22 @@ func loopbackURL(t *testing.T, connString string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &url.URL{Scheme: "postgres", Path: "/" + cfg.Database, RawQuery: "sslmode=disable"}
-	u.User = url.User(cfg.User)
-	if cfg.Password != "" {
-		u.User = url.UserPassword(cfg.User, cfg.Password)
-	}
 	if !strings.HasPrefix(cfg.Host, "/") {
-		u.Host = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+		u, err := url.Parse(pgtest.TCPURL(t, connString, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if cfg.TLSConfig != nil {
 			u.RawQuery = "sslmode=require"
 		}
 		return u.String()
 	}
-	socket := filepath.Join(cfg.Host, fmt.Sprintf(".s.PGSQL.%d", cfg.Port))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("unix", socket)
-			if err != nil {
-				client.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, client, server)
-			mu.Unlock()
-			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(server, client); server.Close() }()
-			go func() { defer wg.Done(); io.Copy(client, server); client.Close() }()
-		}
-	}()
-	u.Host = ln.Addr().String()
-	return u.String()
+	pgtest.Forward(t, ln, connString)
+	return pgtest.TCPURL(t, connString, ln.Addr().String())
 }
 
 // logLines collects a process's stderr and hands out the JSON log lines as they come.
@@ -241,8 +205,9 @@ func (l *logLines) String() string {
 
 // TestStaticBinaryServesInEmptyRoot runs the static binary with nothing around it but what the
 // image has, against an external PostgreSQL given by CACHESERVICE_DATABASE_URL (as the
-// Kubernetes Secret gives it): it migrates, reports ready on /readyz, stores and returns an entry
-// over Connect JSON, and stops cleanly on SIGTERM.
+// Kubernetes Secret gives it): it migrates, reports ready on /readyz and alive on /livez, reports
+// its stamped build in cacheservice_build_info, stores and returns an entry over Connect JSON, and
+// stops cleanly on SIGTERM.
 func TestStaticBinaryServesInEmptyRoot(t *testing.T) {
 	t.Parallel()
 	root := emptyRoot(t)
@@ -286,6 +251,12 @@ func TestStaticBinaryServesInEmptyRoot(t *testing.T) {
 
 	if code, body := call(t, http.MethodGet, base+"/readyz", ""); code != http.StatusOK {
 		t.Errorf("GET /readyz = %d %s, want 200", code, body)
+	}
+	if code, body := call(t, http.MethodGet, base+"/livez", ""); code != http.StatusOK {
+		t.Errorf("GET /livez = %d %s, want 200", code, body)
+	}
+	if code, body := call(t, http.MethodGet, base+"/metrics", ""); code != http.StatusOK || !hasLine(body, buildInfoLine()) {
+		t.Errorf("GET /metrics = %d, want 200 with the line %s", code, buildInfoLine())
 	}
 	const scope = `"scope":{"org":"deploy","project":"rootfs","domain":"test"},"key":"static-binary"`
 	if code, body := call(t, http.MethodPost, base+"/cacheservice.v1.CacheService/Put",
@@ -342,11 +313,8 @@ func call(t *testing.T, method, url, body string) (int, string) {
 
 // TestStaticBinaryWithoutDatabaseURLSaysSoInOneLine starts the binary in the empty root with no
 // database URL: the image has no PostgreSQL, so the embedded default cannot run. It must exit 1
-// with one line that points at --database-url, and create nothing.
-//
-// Today's line says the PostgreSQL server binaries were not found and to install them or pass
-// --database-url; the test holds that gist. The change wiring issue 12 should make it say the
-// embedded database is not available in this image (and keep naming --database-url).
+// with one line that says the embedded database is not available in this image and points at
+// --database-url, and create nothing.
 func TestStaticBinaryWithoutDatabaseURLSaysSoInOneLine(t *testing.T) {
 	t.Parallel()
 	root := emptyRoot(t)
@@ -374,8 +342,7 @@ func TestStaticBinaryWithoutDatabaseURLSaysSoInOneLine(t *testing.T) {
 	if strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "cacheservice: ") {
 		t.Errorf("stderr = %q, want exactly one line starting with cacheservice:", out)
 	}
-	if !strings.Contains(out, "--database-url") || !strings.Contains(strings.ToLower(out), "postgres") ||
-		!(strings.Contains(out, "not found") || strings.Contains(out, "not available")) {
+	if !strings.Contains(out, "--database-url") || !strings.Contains(out, "embedded PostgreSQL is not available in this build or image") {
 		t.Errorf("stderr = %q, want it to say the embedded PostgreSQL is not available here and to give --database-url", out)
 	}
 	if stdout.Len() != 0 {

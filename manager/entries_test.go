@@ -42,7 +42,7 @@ func TestGetMissingIsNotFound(t *testing.T) {
 func TestPutThenGetReturnsOutputAndServerTimestamps(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.shiftClock(t, 1000*time.Hour) // the database's clock stamps it, not ours
+	b.clock.Shift(t, 1000*time.Hour) // the database's clock stamps it, not ours
 	t0 := time.Now()
 	out := &cachev1.CachedOutput{
 		Value: &cachev1.CachedOutput_Inline{Inline: []byte("result")},
@@ -54,11 +54,11 @@ func TestPutThenGetReturnsOutputAndServerTimestamps(t *testing.T) {
 			LastUpdatedAt: timestamppb.New(t0.Add(time.Hour)),
 		},
 	}
-	before := b.now(t)
+	before := b.clock.Now(t)
 	if err := b.put(t, &cachev1.PutRequest{Scope: scope(), Key: "k", Output: out}); err != nil {
 		t.Fatalf("put: %v", err)
 	}
-	after := b.now(t)
+	after := b.clock.Now(t)
 	got := b.get(t, "k")
 	if !bytes.Equal(got.GetInline(), []byte("result")) {
 		t.Errorf("inline = %q", got.GetInline())
@@ -108,8 +108,8 @@ func TestPutOntoExistingEntry(t *testing.T) {
 				t.Fatalf("first put: %v", err)
 			}
 			t0 := b.get(t, "k").GetMetadata().GetLastUpdatedAt().AsTime()
-			b.shiftClock(t, time.Hour)
-			before := b.now(t)
+			b.clock.Shift(t, time.Hour)
+			before := b.clock.Now(t)
 			req := proto.CloneOf(tc.req)
 			req.Scope, req.Key, req.Output = scope(), "k", uriOutput("second")
 			err := b.put(t, req)
@@ -131,7 +131,7 @@ func TestPutOntoExistingEntry(t *testing.T) {
 			if !meta.GetCreatedAt().AsTime().Equal(t0) {
 				t.Errorf("created_at = %v, want %v (kept)", meta.GetCreatedAt().AsTime(), t0)
 			}
-			wantBetween(t, "last_updated_at", meta.GetLastUpdatedAt().AsTime(), before, b.now(t))
+			wantBetween(t, "last_updated_at", meta.GetLastUpdatedAt().AsTime(), before, b.clock.Now(t))
 		})
 	}
 }

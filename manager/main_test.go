@@ -25,6 +25,7 @@ type testBundle struct {
 	cfg     manager.Config
 	store   *store.Store
 	url     string
+	clock   pgtest.Clock // the database's clock, as the manager's connections see it
 }
 
 func setup(t *testing.T) *testBundle {
@@ -40,24 +41,7 @@ func setupWith(t *testing.T, cfg manager.Config) *testBundle {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(st.Close)
-	return &testBundle{ctx: t.Context(), manager: manager.New(st, cfg, nil), cfg: cfg, store: st, url: url}
-}
-
-// shiftClock moves the database's clock, which decides every lease and
-// timestamp, to d ahead of real time for the manager's connections.
-func (b *testBundle) shiftClock(t *testing.T, d time.Duration) {
-	t.Helper()
-	pgtest.SetClockOffset(t, b.url, d, b.store.Pool())
-}
-
-// now reads the database's clock as the manager's connections see it.
-func (b *testBundle) now(t *testing.T) time.Time {
-	t.Helper()
-	var now time.Time
-	if err := b.store.Pool().QueryRow(b.ctx, "SELECT cache_now()").Scan(&now); err != nil {
-		t.Fatalf("read the clock: %v", err)
-	}
-	return now.UTC()
+	return &testBundle{ctx: t.Context(), manager: manager.New(st, cfg, nil), cfg: cfg, store: st, url: url, clock: pgtest.Clock{URL: url, Pool: st.Pool()}}
 }
 
 // wantBetween fails unless got lies in [from, to] after from is truncated to

@@ -19,6 +19,7 @@ import (
 	"connectrpc.com/connect"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/internal/setting"
 	"github.com/cacheservice/cacheservice/store"
 )
 
@@ -57,25 +58,25 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the settings' bounds. Errors are store.SettingErrors
-// naming the setting as its flag is named.
+// Validate checks the settings' bounds. Errors are *setting.Errors
+// naming the Config field; the caller names it as its users know it.
 func (c Config) Validate() error {
 	var errs []error
-	bad := func(setting, format string, args ...any) {
-		errs = append(errs, &store.SettingError{Setting: setting, Problem: fmt.Sprintf(format, args...)})
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &setting.Error{Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
 	if c.MaxHeartbeat < MinHeartbeatFloor || c.MaxHeartbeat > MaxHeartbeatCeil {
-		bad("max-heartbeat", "must be between %v and %v, got %v", MinHeartbeatFloor, MaxHeartbeatCeil, c.MaxHeartbeat)
+		bad("MaxHeartbeat", "must be between %v and %v, got %v", MinHeartbeatFloor, MaxHeartbeatCeil, c.MaxHeartbeat)
 	}
 	if c.MinHeartbeat < MinHeartbeatFloor || c.MinHeartbeat > c.MaxHeartbeat {
-		bad("min-heartbeat", "must be at least %v and at most max-heartbeat (%v), got %v", MinHeartbeatFloor, c.MaxHeartbeat, c.MinHeartbeat)
+		bad("MinHeartbeat", "must be at least %v and at most {MaxHeartbeat} (%v), got %v", MinHeartbeatFloor, c.MaxHeartbeat, c.MinHeartbeat)
 	}
 	// Written so that NaN fails too.
 	if !(c.GraceMultiplier >= MinGraceMultiplier && c.GraceMultiplier <= MaxGraceMultiplier) {
-		bad("grace-multiplier", "must be between %d and %d, got %v", MinGraceMultiplier, MaxGraceMultiplier, c.GraceMultiplier)
+		bad("GraceMultiplier", "must be between %d and %d, got %v", MinGraceMultiplier, MaxGraceMultiplier, c.GraceMultiplier)
 	}
 	if c.MaxInlineBytes <= 0 {
-		bad("max-inline-bytes", "must be positive, got %d", c.MaxInlineBytes)
+		bad("MaxInlineBytes", "must be positive, got %d", c.MaxInlineBytes)
 	}
 	return errors.Join(errs...)
 }

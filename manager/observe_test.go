@@ -87,7 +87,7 @@ func setupObserved(t *testing.T) *observedBundle {
 	rec := &recorder{}
 	cfg := manager.DefaultConfig()
 	m := manager.New(st, cfg, nil, manager.WithObserver(rec))
-	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg, store: st, url: url}, rec: rec, pool: st.Pool()}
+	return &observedBundle{testBundle: &testBundle{ctx: t.Context(), manager: m, cfg: cfg, store: st, url: url, clock: pgtest.Clock{URL: url, Pool: st.Pool()}}, rec: rec, pool: st.Pool()}
 }
 
 func TestReservationOutcomesAreObserved(t *testing.T) {
@@ -102,7 +102,7 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 		{"first claim", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeAcquired},
 		{"holder claims again", func() { b.claim(t, "k", "w1", hb) }, manager.OutcomeExtended},
 		{"another claims in time", func() { b.claim(t, "k", "w2", hb) }, manager.OutcomeHeldByAnother},
-		{"another claims after expiry", func() { b.shiftClock(t, time.Minute); b.claim(t, "k", "w2", hb) }, manager.OutcomeTakenOver},
+		{"another claims after expiry", func() { b.clock.Shift(t, time.Minute); b.claim(t, "k", "w2", hb) }, manager.OutcomeTakenOver},
 		{"old holder releases", func() { b.release(t, "k", "w1") }, manager.OutcomeReleaseNotHeld},
 		{"holder releases", func() { b.release(t, "k", "w2") }, manager.OutcomeReleased},
 		{"release of nothing", func() { b.release(t, "k", "w2") }, manager.OutcomeReleaseNotHeld},
@@ -116,7 +116,7 @@ func TestReservationOutcomesAreObserved(t *testing.T) {
 }
 
 // TestLockTimeoutIsUnavailableAndObserved holds a reservation row from
-// another session: a claim on it gives up after the store's lock timeout
+// another session: the holder's claim on it gives up after the store's lock timeout
 // with unavailable and a message that says to retry and leaks nothing, and
 // the observer counts it as lock_timeout (issue 8, defect 10).
 func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
@@ -128,7 +128,7 @@ func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
 	}
 	t.Cleanup(st.Close)
 	rec := &recorder{}
-	b := &testBundle{ctx: t.Context(), manager: manager.New(st, manager.DefaultConfig(), nil, manager.WithObserver(rec)), store: st, url: url}
+	b := &testBundle{ctx: t.Context(), manager: manager.New(st, manager.DefaultConfig(), nil, manager.WithObserver(rec)), store: st, url: url, clock: pgtest.Clock{URL: url, Pool: st.Pool()}}
 	b.claim(t, "k", "w1", nil)
 	rec.takeOutcomes()
 
@@ -140,7 +140,9 @@ func TestLockTimeoutIsUnavailableAndObserved(t *testing.T) {
 	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM reservations WHERE key = 'k' FOR UPDATE"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w2"})
+	// The holder's extension needs the lock (another claimant would be
+	// answered without it).
+	_, err = b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: scope(), Key: "k", OwnerId: "w1"})
 	wantCode(t, err, connect.CodeUnavailable)
 	if msg := err.Error(); !strings.Contains(msg, "retry") || strings.Contains(msg, "lock_timeout") || strings.Contains(msg, "SQLSTATE") {
 		t.Errorf("message %q: want a safe one that says to retry", msg)

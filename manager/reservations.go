@@ -18,12 +18,16 @@ import (
 // already, and sets it to expire after heartbeat × grace multiplier.
 // Otherwise it returns the current holder's reservation unchanged.
 //
-// The claim runs in a transaction that holds the reservation's row lock,
-// so PostgreSQL serializes claimants across any number of replicas. Whether
+// A claimant that finds the key live and held by another is answered from
+// a plain read, without the row lock, so the many waiters of a busy key do
+// not queue behind one another. A claim that may become or stay the owner
+// runs in a transaction that holds the reservation's row lock, so
+// PostgreSQL serializes claimants across any number of replicas. Whether
 // the holder's lease has expired, and when the new one ends, are decided by
-// the database's clock after the lock is held (store.ClaimReservation): a
-// claim that waited for the lock is never granted a lease that ran out while
-// it waited, and replicas whose clocks disagree still agree on who owns it.
+// the database's clock (after the lock is held, when one is taken;
+// store.Store.ClaimReservation): a claim that waited for the lock is never
+// granted a lease that ran out while it waited, and replicas whose clocks
+// disagree still agree on who owns it.
 func (m *Manager) GetOrExtendReservation(ctx context.Context, req *cachev1.GetOrExtendReservationRequest) (*cachev1.GetOrExtendReservationResponse, error) {
 	heartbeat, err := m.resolveHeartbeat(req.HeartbeatInterval)
 	if err != nil {
@@ -35,12 +39,7 @@ func (m *Manager) GetOrExtendReservation(ctx context.Context, req *cachev1.GetOr
 		HeartbeatInterval: heartbeat,
 		Lease:             lease(heartbeat, m.cfg.GraceMultiplier),
 	}
-	var res store.ClaimResult
-	err = m.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		var err error
-		res, err = tx.ClaimReservation(ctx, claim)
-		return err
-	})
+	res, err := m.store.ClaimReservation(ctx, claim)
 	if err != nil {
 		if errors.Is(err, store.ErrLockTimeout) {
 			m.observer.ObserveReservation(OutcomeLockTimeout)

@@ -38,10 +38,10 @@ func (b *testBundle) release(t *testing.T, key, owner string) {
 func TestFirstClaimOwnsWithGraceExpiry(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.shiftClock(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
-	before := b.now(t)
+	b.clock.Shift(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
+	before := b.clock.Now(t)
 	r := b.claim(t, "k", "w1", durationpb.New(2*time.Second))
-	after := b.now(t)
+	after := b.clock.Now(t)
 	if r.GetOwnerId() != "w1" || r.GetKey() != "k" {
 		t.Fatalf("reservation = %v, want owner w1 of k", r)
 	}
@@ -55,7 +55,7 @@ func TestClaimHeldByAnotherReturnsItUnchanged(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	first := b.claim(t, "k", "w1", durationpb.New(time.Second))
-	b.shiftClock(t, 2*time.Second)
+	b.clock.Shift(t, 2*time.Second)
 	second := b.claim(t, "k", "w2", durationpb.New(5*time.Second))
 	if second.GetOwnerId() != "w1" {
 		t.Fatalf("owner = %q, want w1", second.GetOwnerId())
@@ -69,13 +69,13 @@ func TestSameOwnerExtends(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.claim(t, "k", "w1", durationpb.New(time.Second))
-	b.shiftClock(t, 2500*time.Millisecond) // within the 3s grace
-	before := b.now(t)
+	b.clock.Shift(t, 2500*time.Millisecond) // within the 3s grace
+	before := b.clock.Now(t)
 	r := b.claim(t, "k", "w1", durationpb.New(time.Second))
 	if r.GetOwnerId() != "w1" {
 		t.Fatalf("extended reservation = %v, want w1's", r)
 	}
-	wantBetween(t, "extended expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.now(t).Add(3*time.Second))
+	wantBetween(t, "extended expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.clock.Now(t).Add(3*time.Second))
 }
 
 // TestExpiredReservationIsTakenOver moves the database's clock past a
@@ -92,13 +92,13 @@ func TestExpiredReservationIsTakenOver(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			b.claim(t, "k", "w1", durationpb.New(time.Second))
-			b.shiftClock(t, elapsed)
-			before := b.now(t)
+			b.clock.Shift(t, elapsed)
+			before := b.clock.Now(t)
 			r := b.claim(t, "k", "w2", durationpb.New(time.Second))
 			if r.GetOwnerId() != "w2" {
 				t.Fatalf("reservation = %v, want w2's", r)
 			}
-			wantBetween(t, "taken-over expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.now(t).Add(3*time.Second))
+			wantBetween(t, "taken-over expires_at", r.GetExpiresAt().AsTime(), before.Add(3*time.Second), b.clock.Now(t).Add(3*time.Second))
 			// The old owner, coming back, learns it no longer owns it.
 			if r := b.claim(t, "k", "w1", durationpb.New(time.Second)); r.GetOwnerId() != "w2" {
 				t.Fatalf("old owner got %v back", r)
@@ -109,7 +109,7 @@ func TestExpiredReservationIsTakenOver(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		b.claim(t, "k", "w1", durationpb.New(time.Second))
-		b.shiftClock(t, 2*time.Second)
+		b.clock.Shift(t, 2*time.Second)
 		if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w1" {
 			t.Fatalf("reservation taken over before it expired: %v", r)
 		}
@@ -134,12 +134,12 @@ func TestHeartbeatResolution(t *testing.T) {
 	}
 	for i, tc := range cases {
 		key := fmt.Sprintf("k%d", i)
-		before := b.now(t)
+		before := b.clock.Now(t)
 		r := b.claim(t, key, "w", tc.requested)
 		if got := r.GetHeartbeatInterval().AsDuration(); got != tc.want {
 			t.Errorf("%s: heartbeat = %v, want %v", tc.name, got, tc.want)
 		}
-		wantBetween(t, tc.name+": expires_at", r.GetExpiresAt().AsTime(), before.Add(2*tc.want), b.now(t).Add(2*tc.want))
+		wantBetween(t, tc.name+": expires_at", r.GetExpiresAt().AsTime(), before.Add(2*tc.want), b.clock.Now(t).Add(2*tc.want))
 	}
 }
 
@@ -173,7 +173,7 @@ func TestLeaseSaturatesWithExtremeSettings(t *testing.T) {
 	t.Parallel()
 	b := setupWith(t, manager.Config{MaxHeartbeat: 1000000 * time.Hour, GraceMultiplier: 1e10})
 	r := b.claim(t, "k", "w1", nil)
-	if min := b.now(t).Add(100 * 365 * 24 * time.Hour); !r.GetExpiresAt().AsTime().After(min) {
+	if min := b.clock.Now(t).Add(100 * 365 * 24 * time.Hour); !r.GetExpiresAt().AsTime().After(min) {
 		t.Fatalf("expires_at = %v, want more than a century away", r.GetExpiresAt().AsTime())
 	}
 	if r := b.claim(t, "k", "w2", nil); r.GetOwnerId() != "w1" {
@@ -211,7 +211,7 @@ func TestConcurrentClaimsExactlyOneOwner(t *testing.T) {
 			// An expired holder: everyone races to take over.
 			b.claim(t, key, "dead-worker", durationpb.New(time.Second))
 			offset += time.Minute
-			b.shiftClock(t, offset)
+			b.clock.Shift(t, offset)
 		}
 		start := make(chan struct{})
 		owners := make([]string, claimants)

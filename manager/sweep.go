@@ -7,7 +7,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/cacheservice/cacheservice/store"
+	"github.com/cacheservice/cacheservice/internal/setting"
 )
 
 // SweepConfig says what the sweeper removes and how much work one pass may do.
@@ -48,24 +48,24 @@ const (
 	MaxSweepBatchSize                  = 100_000
 )
 
-// Validate checks the sweeper's bounds. Errors are store.SettingErrors
-// naming the setting as its flag is named.
+// Validate checks the sweeper's bounds. Errors are *setting.Errors
+// naming the Config field; the caller names it as its users know it.
 func (c SweepConfig) Validate() error {
 	var errs []error
-	bad := func(setting, format string, args ...any) {
-		errs = append(errs, &store.SettingError{Setting: setting, Problem: fmt.Sprintf(format, args...)})
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &setting.Error{Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
 	if c.Interval != 0 && (c.Interval < MinSweepInterval || c.Interval > MaxSweepInterval) {
-		bad("sweep-interval", "must be 0 (off) or between %v and %v, got %v", MinSweepInterval, MaxSweepInterval, c.Interval)
+		bad("Interval", "must be 0 (off) or between %v and %v, got %v", MinSweepInterval, MaxSweepInterval, c.Interval)
 	}
 	if c.ReservationRetention < 0 || c.ReservationRetention > MaxRetention {
-		bad("reservation-retention", "must be between 0 and %v, got %v", MaxRetention, c.ReservationRetention)
+		bad("ReservationRetention", "must be between 0 and %v, got %v", MaxRetention, c.ReservationRetention)
 	}
 	if c.EntryTTL < 0 || c.EntryTTL > MaxRetention {
-		bad("entry-ttl", "must be between 0 (keep) and %v, got %v", MaxRetention, c.EntryTTL)
+		bad("EntryTTL", "must be between 0 (keep) and %v, got %v", MaxRetention, c.EntryTTL)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxSweepBatchSize {
-		bad("sweep-batch-size", "must be between 1 and %d, got %d", MaxSweepBatchSize, c.BatchSize)
+		bad("BatchSize", "must be between 1 and %d, got %d", MaxSweepBatchSize, c.BatchSize)
 	}
 	return errors.Join(errs...)
 }

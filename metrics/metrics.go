@@ -97,6 +97,7 @@ func New() *Metrics {
 		m.requests, m.latency, m.lookups, m.reservations,
 		m.sweepDeleted, m.sweepPasses, m.sweepDuration, m.sweepLastSuccess,
 		m.responsesCut, m.connsRefused,
+		buildInfo(),
 	)
 	// Series that exist from the start, so rate() and alerts see a zero
 	// rather than nothing before the first event.

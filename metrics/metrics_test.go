@@ -31,12 +31,7 @@ type testBundle struct {
 	metricsURL string
 	url        string
 	store      *store.Store
-}
-
-// shiftClock moves the database's clock for the server's connections.
-func (b *testBundle) shiftClock(t *testing.T, d time.Duration) {
-	t.Helper()
-	pgtest.SetClockOffset(t, b.url, d, b.store.Pool())
+	clock      pgtest.Clock // the database's clock, as the server's connections see it
 }
 
 // setup serves CacheService with the metrics interceptor and /metrics over a
@@ -64,6 +59,7 @@ func setup(t *testing.T) *testBundle {
 		metricsURL: srv.URL + "/metrics",
 		url:        url,
 		store:      st,
+		clock:      pgtest.Clock{URL: url, Pool: st.Pool()},
 	}
 }
 
@@ -171,7 +167,7 @@ func TestReservationOutcomeMetricsFollowCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := metricstest.Scrape(t, b.metricsURL).Get(t, "cacheservice_reservation_outcomes_total", "outcome", "taken_over")
-	b.shiftClock(t, time.Hour)
+	b.clock.Shift(t, time.Hour)
 	if _, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: "old", OwnerId: "w3"}); err != nil {
 		t.Fatal(err)
 	}
@@ -184,18 +180,18 @@ func TestSweepMetricsCountDeletedRows(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	now := time.Now()
-	b.shiftClock(t, -48*time.Hour)
+	b.clock.Shift(t, -48*time.Hour)
 	if _, err := b.manager.Put(b.ctx, &cachev1.PutRequest{Scope: testScope, Key: "e",
 		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Inline{Inline: []byte("x")}}}); err != nil {
 		t.Fatal(err)
 	}
-	b.shiftClock(t, -2*time.Hour)
+	b.clock.Shift(t, -2*time.Hour)
 	for _, key := range []string{"a", "b"} {
 		if _, err := b.manager.GetOrExtendReservation(b.ctx, &cachev1.GetOrExtendReservationRequest{Scope: testScope, Key: key, OwnerId: "w"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b.shiftClock(t, 0)
+	b.clock.Shift(t, 0)
 	if _, err := b.manager.Sweep(b.ctx, manager.SweepConfig{ReservationRetention: time.Hour, EntryTTL: 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,16 +18,6 @@ import (
 	"github.com/cacheservice/cacheservice/store"
 )
 
-// dbNow reads the database's clock, the one every decision uses.
-func (b *testBundle) dbNow(t testing.TB) time.Time {
-	t.Helper()
-	var now time.Time
-	if err := b.admin.QueryRow(context.Background(), "SELECT cache_now()").Scan(&now); err != nil {
-		t.Fatalf("read the database's clock: %v", err)
-	}
-	return now
-}
-
 // claimOwner claims key for owner with heartbeat and returns the reservation.
 func claimOwner(t testing.TB, c cachev1connect.CacheServiceClient, key, owner string, heartbeat time.Duration) *cachev1.Reservation {
 	t.Helper()
@@ -75,7 +65,7 @@ func TestClaimThatWaitedIsNeverGrantedAnExpiredLease(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := <-got
-			now := b.dbNow(t)
+			now := pgtest.Now(t, b.admin)
 			if r.GetOwnerId() != "b" {
 				t.Fatalf("b, claiming after a's lease expired, was told owner %q", r.GetOwnerId())
 			}

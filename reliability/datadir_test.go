@@ -1,13 +1,11 @@
 package reliability
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,38 +14,22 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/syncbuf"
 )
 
 // rawProc is a server binary whose whole output the test keeps, for starts
 // that are meant to fail.
 type rawProc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func startRaw(t *testing.T, args ...string) *rawProc {
 	t.Helper()
 	cmd := exec.Command(binary(t), append([]string{"serve", "--addr", "127.0.0.1:0", "--log-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "CACHESERVICE_DATABASE_URL=", "DATABASE_URL=")
-	p := &rawProc{cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &rawProc{cmd: cmd, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

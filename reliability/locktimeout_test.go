@@ -16,8 +16,9 @@ import (
 )
 
 // TestRowLockedFromOutsideKeepsOtherKeysServed is issue 8, defect 10. A
-// reservation row is locked by another session; 32 clients claim it while
-// 32 others read other keys, through a pool of 4 connections. Each claim
+// reservation row is locked by another session; 32 clients claim it as its
+// holder (a claim that needs the lock) while 32 others read other keys,
+// through a pool of 4 connections. Each claim
 // gives up at the lock timeout with unavailable (it used to wait the whole
 // database deadline holding a connection, until reads starved and
 // readiness failed); every read and the readiness check succeed.
@@ -57,8 +58,10 @@ func TestRowLockedFromOutsideKeepsOtherKeysServed(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if i < n {
+			// The holder's claims: the ones that need the row lock (another
+			// owner's claim is answered from a plain read, locked or not).
 			_, claimErrs[i] = c.GetOrExtendReservation(ctx, connect.NewRequest(&cachev1.GetOrExtendReservationRequest{
-				Scope: scope(), Key: "hot", OwnerId: fmt.Sprint("w", i), HeartbeatInterval: durationpb.New(time.Second),
+				Scope: scope(), Key: "hot", OwnerId: "holder", HeartbeatInterval: durationpb.New(time.Second),
 			}))
 			return
 		}

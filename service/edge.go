@@ -112,8 +112,9 @@ func serviceNames() []string {
 }
 
 // NewEdge returns the whole HTTP handler of the server: every mounted API
-// service, gRPC health (readiness) and reflection (v1 and v1alpha), and
-// /readyz, behind CORS. The caller adds only the http.Server, listeners and
+// service, gRPC health (readiness) and reflection (v1 and v1alpha), /readyz
+// and /livez, behind CORS. grpc.health.v1.Health/List is served here
+// beside grpchealth's Check (see Readiness.List); Watch is not. The caller adds only the http.Server, listeners and
 // whatever operator endpoints it serves beside (metrics, pprof).
 //
 // Interceptors run in this order, outermost first: opts.Interceptors
@@ -155,6 +156,9 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	readiness := NewReadiness(m, opts.Readiness, opts.Logger)
 	mux.Handle(grpchealth.NewHandler(readiness))
 	mux.Handle("/readyz", readiness)
+	mux.HandleFunc("/livez", livez)
+	// More specific than the health service's prefix, so it wins there.
+	mux.Handle(healthListProcedure, connect.NewUnaryHandler(healthListProcedure, readiness.List))
 	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/cacheservice/cacheservice/manager"
 )
@@ -113,4 +114,40 @@ func (r *Readiness) current(ctx context.Context) (grpchealth.Status, error) {
 	}
 	r.status, r.checkedAt = status, time.Now()
 	return status, nil
+}
+
+// livez answers 200 while the process can serve HTTP at all. It never
+// touches the database: a liveness probe that failed with the database
+// would have the orchestrator restart every replica during an outage,
+// which cures nothing (readiness, /readyz, takes the pod out of rotation
+// instead).
+func livez(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	fmt.Fprintln(w, "alive")
+}
+
+// healthListProcedure is grpc.health.v1.Health/List, which grpchealth
+// v1.5.0 does not serve. Reflection advertises it whenever grpc-go's health
+// descriptor is linked into the binary (the OTLP exporter's dependencies
+// link it into cacheservice), so the edge answers it rather than leave an
+// advertised method unimplemented.
+const healthListProcedure = "/" + grpchealth.HealthV1ServiceName + "/List"
+
+// List answers grpc.health.v1.Health/List: the status of the whole server
+// ("") and of every mounted service, all from the one shared ping.
+func (r *Readiness) List(ctx context.Context, _ *connect.Request[healthpb.HealthListRequest]) (*connect.Response[healthpb.HealthListResponse], error) {
+	status, err := r.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	wire := healthpb.HealthCheckResponse_NOT_SERVING
+	if status == grpchealth.StatusServing {
+		wire = healthpb.HealthCheckResponse_SERVING
+	}
+	res := &healthpb.HealthListResponse{Statuses: map[string]*healthpb.HealthCheckResponse{"": {Status: wire}}}
+	for _, name := range serviceNames() {
+		res.Statuses[name] = &healthpb.HealthCheckResponse{Status: wire}
+	}
+	return connect.NewResponse(res), nil
 }

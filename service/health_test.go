@@ -24,6 +24,7 @@ type healthBundle struct {
 	store  *store.Store
 	health *grpchealth.Client
 	readyz string
+	url    string // the edge's base URL
 }
 
 // setupHealth serves health over a PostgreSQL cluster of the test's own, so
@@ -47,9 +48,14 @@ func setupHealthOn(t *testing.T, cfg service.ReadinessConfig, url string) *healt
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	srv := httptest.NewServer(service.NewEdge(manager.New(st, manager.Config{}, nil), service.Options{Readiness: cfg}))
+	// HTTP/1.1 and unencrypted HTTP/2, so gRPC clients reach it too.
+	srv := httptest.NewUnstartedServer(service.NewEdge(manager.New(st, manager.Config{}, nil), service.Options{Readiness: cfg}))
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &healthBundle{store: st, health: grpchealth.NewClient(srv.Client(), srv.URL), readyz: srv.URL + "/readyz"}
+	return &healthBundle{store: st, health: grpchealth.NewClient(srv.Client(), srv.URL), readyz: srv.URL + "/readyz", url: srv.URL}
 }
 
 func (b *healthBundle) status(t *testing.T, service string) grpchealth.Status {

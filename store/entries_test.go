@@ -21,13 +21,13 @@ func TestPutEntryThenGetEntryRoundTrips(t *testing.T) {
 		{ID: store.ID{"o", "p", "d", "empty-inline"}, Inline: []byte{}},
 	}
 	// The database's clock stamps the entry, however far it is from ours.
-	b.shiftClock(t, 1000*time.Hour)
+	b.clock.Shift(t, 1000*time.Hour)
 	for _, want := range cases {
-		before := b.now(t)
+		before := b.clock.Now(t)
 		if err := b.store.PutEntry(b.ctx, want, store.Replace{}); err != nil {
 			t.Fatalf("put %s: %v", want.ID.Key, err)
 		}
-		after := b.now(t)
+		after := b.clock.Now(t)
 		got, err := b.store.GetEntry(b.ctx, want.ID)
 		if err != nil {
 			t.Fatalf("get %s: %v", want.ID.Key, err)
@@ -89,8 +89,8 @@ func TestPutEntryReplaceRules(t *testing.T) {
 				t.Fatalf("first put: %v", err)
 			}
 			t0 := b.mustGet(t, id).LastUpdatedAt
-			b.shiftClock(t, time.Hour)
-			before := b.now(t)
+			b.clock.Shift(t, time.Hour)
+			before := b.clock.Now(t)
 			err := b.store.PutEntry(b.ctx, store.Entry{ID: id, Inline: []byte("second")}, tc.replace)
 			got, getErr := b.store.GetEntry(b.ctx, id)
 			if getErr != nil {
@@ -114,7 +114,7 @@ func TestPutEntryReplaceRules(t *testing.T) {
 			if !got.CreatedAt.Equal(t0) {
 				t.Errorf("created_at = %v, want the first put's %v", got.CreatedAt, t0)
 			}
-			if got.LastUpdatedAt.Before(before.Truncate(time.Microsecond)) || got.LastUpdatedAt.After(b.now(t)) {
+			if got.LastUpdatedAt.Before(before.Truncate(time.Microsecond)) || got.LastUpdatedAt.After(b.clock.Now(t)) {
 				t.Errorf("last_updated_at = %v, want the moved clock's time of the second put (from %v)", got.LastUpdatedAt, before)
 			}
 		})

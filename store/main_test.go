@@ -18,6 +18,7 @@ type testBundle struct {
 	ctx   context.Context
 	store *store.Store
 	url   string
+	clock pgtest.Clock // the database's clock, as the store's connections see it
 }
 
 // setup gives each test its own migrated database and a store over it.
@@ -30,22 +31,5 @@ func setup(t *testing.T) *testBundle {
 		t.Fatalf("open store: %v", err)
 	}
 	t.Cleanup(st.Close)
-	return &testBundle{ctx: ctx, store: st, url: url}
-}
-
-// shiftClock moves the database's clock, as cache_now() reads it, to d
-// ahead of real time for the store's connections.
-func (b *testBundle) shiftClock(t *testing.T, d time.Duration) {
-	t.Helper()
-	pgtest.SetClockOffset(t, b.url, d, b.store.Pool())
-}
-
-// now reads the database's clock as the store's connections see it.
-func (b *testBundle) now(t *testing.T) time.Time {
-	t.Helper()
-	var now time.Time
-	if err := b.store.Pool().QueryRow(b.ctx, "SELECT cache_now()").Scan(&now); err != nil {
-		t.Fatalf("read the clock: %v", err)
-	}
-	return now.UTC()
+	return &testBundle{ctx: ctx, store: st, url: url, clock: pgtest.Clock{URL: url, Pool: st.Pool()}}
 }

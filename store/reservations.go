@@ -2,9 +2,13 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Reservation is the right of one owner to compute an entry.
@@ -28,7 +32,10 @@ func (s *Store) GetReservation(ctx context.Context, id ID) (Reservation, error) 
 }
 
 // ReleaseReservation deletes the reservation of id if ownerID holds it, and
-// reports whether it did.
+// reports whether it did. Releases are not coalesced as Gets are: one
+// DELETE for the releases that queued showed no gain (cachebench compare,
+// lifecycle at c=16 and 64: PostgreSQL CPU per flow ×0.97 and ×0.99, within
+// the spread).
 func (s *Store) ReleaseReservation(ctx context.Context, id ID, ownerID string) (bool, error) {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
@@ -51,4 +58,181 @@ func scanReservation(id ID, row pgx.Row) (Reservation, error) {
 	r.HeartbeatInterval = time.Duration(heartbeatNS)
 	r.ExpiresAt = r.ExpiresAt.UTC()
 	return r, nil
+}
+
+// ClaimReservation decides c as Tx.ClaimReservation does, taking the row
+// lock only when the claimant may become or stay the owner.
+//
+// Most claimants of a busy key only learn that someone else holds it; when
+// each of them took the row lock they queued behind one another, one lock
+// hold at a time. Here the first round trip, outside any transaction,
+// inserts the reservation if the key has none (INSERT ... ON CONFLICT DO
+// NOTHING: of two first-comers exactly one inserts) and reads the row with
+// whether it is live by the database's clock, in one statement. An insert
+// that won, or a live row held by another, is the answer. Only a row that
+// is the claimant's own or has expired goes on to the locked transaction,
+// which re-decides everything after the lock is held, as
+// Tx.ClaimReservation does.
+//
+// The plain read is consistent on its own: its snapshot S precedes the
+// clock reading T of the same statement, and only the holder can extend an
+// unexpired reservation, so a row held by another with expires_at > T was
+// held by that owner, unexpired, at S. The answer "held by another" is true
+// at S, whatever happened after (a release, or a takeover once it expired).
+func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, error) {
+	for range lockAttempts {
+		res, decided, err := s.claimUnlocked(ctx, c)
+		if err != nil || decided {
+			return res, err
+		}
+		caller := ctx
+		err = s.InTx(ctx, func(ctx context.Context, tx *Tx) error {
+			res, err = tx.claimLocked(ctx, caller, c)
+			return err
+		})
+		if errors.Is(err, ErrNotFound) {
+			continue // released between our read and our lock
+		}
+		return res, err
+	}
+	return ClaimResult{}, fmt.Errorf("claim reservation: row kept vanishing after %d attempts", lockAttempts)
+}
+
+// claimUnlocked is ClaimReservation's first round trip: it reports decided
+// when the insert won or the row is live and another's. It runs detached
+// from the caller's cancellation, as every statement of the store does
+// (detach).
+func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, bool, error) {
+	ctx, cancel := s.deadline(caller)
+	defer cancel()
+	var res ClaimResult
+	var decided bool
+	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		r, d, err := claimUnlockedOn(ctx, conn, c)
+		if err == nil && r.Created && caller.Err() != nil {
+			giveBack(ctx, conn, c)
+			return caller.Err()
+		}
+		res, decided = r, d
+		return err
+	})
+	if err != nil {
+		return ClaimResult{}, false, classify("claim reservation", err)
+	}
+	return res, decided, nil
+}
+
+// execer is a connection, pooled or not.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// giveBack releases a reservation just granted to a caller that has gone
+// (InTx rolls back for such a caller; a claim that committed in its own
+// pipeline undoes its grant instead): nobody would learn it owns the key,
+// and the key would wait out a lease that nobody holds. Best effort: if it
+// fails, the lease expires.
+func giveBack(ctx context.Context, conn execer, c Claim) {
+	_, _ = conn.Exec(ctx, `
+		DELETE FROM reservations
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5`,
+		c.ID.Org, c.ID.Project, c.ID.Domain, c.ID.Key, c.OwnerID)
+}
+
+// claimUnlockedOn sends claimUnlocked's pipeline on conn.
+func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (_ ClaimResult, decided bool, err error) {
+	id := c.ID
+	// One pipeline, one implicit transaction: the insert commits at its end.
+	// The SELECT runs after the INSERT, so it sees the row either way.
+	b := &pgx.Batch{}
+	b.Queue(`
+		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
+		ON CONFLICT (org, project, domain, key) DO NOTHING
+		RETURNING owner_id, heartbeat_interval_ns, expires_at`,
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+	b.Queue(`
+		SELECT owner_id, heartbeat_interval_ns, expires_at, expires_at > cache_now()
+		FROM reservations
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
+		id.Org, id.Project, id.Domain, id.Key)
+	results := conn.SendBatch(ctx, b)
+	defer closeResults(results, &err)
+	inserted, err := scanReservation(id, results.QueryRow())
+	switch {
+	case err == nil:
+		return ClaimResult{Created: true, Previous: inserted, Granted: true, Current: inserted}, true, nil
+	case !errors.Is(err, ErrNotFound):
+		return ClaimResult{}, false, classify("insert reservation", err)
+	}
+	r := Reservation{ID: id}
+	var heartbeatNS int64
+	var live bool
+	err = results.QueryRow().Scan(&r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ClaimResult{}, false, nil // released after our insert saw it: lock and retry
+	}
+	if err != nil {
+		return ClaimResult{}, false, classify("read reservation", err)
+	}
+	r.HeartbeatInterval = time.Duration(heartbeatNS)
+	r.ExpiresAt = r.ExpiresAt.UTC()
+	if live && r.OwnerID != c.OwnerID {
+		return ClaimResult{Previous: r, Current: r}, true, nil
+	}
+	return ClaimResult{}, false, nil
+}
+
+// lockReservationSQL locks a reservation's row and reads it as it is once
+// the lock is held.
+const lockReservationSQL = `
+	SELECT owner_id, heartbeat_interval_ns, expires_at
+	FROM reservations
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+	FOR UPDATE`
+
+// grantReservationSQL gives a locked reservation to $5 if $5 holds it or it
+// has expired, by the clock read now, after the lock.
+const grantReservationSQL = `
+	UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+		AND (owner_id = $5 OR expires_at <= cache_now())
+	RETURNING owner_id, heartbeat_interval_ns, expires_at`
+
+// claimLocked is ClaimReservation's locked transaction for a row that
+// exists: lock it, decide and write by the database's clock after the lock
+// is held, and commit, all in one pipeline, so the lock is held for no
+// round trip at all. It returns ErrNotFound when the row has vanished.
+func (t *Tx) claimLocked(ctx, caller context.Context, c Claim) (_ ClaimResult, err error) {
+	id := c.ID
+	b := &pgx.Batch{}
+	b.Queue(lockReservationSQL, id.Org, id.Project, id.Domain, id.Key)
+	b.Queue(grantReservationSQL, id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+	b.Queue("COMMIT")
+	results, err := t.send(ctx, b)
+	if err != nil {
+		return ClaimResult{}, classify("claim reservation", err)
+	}
+	defer closeResults(results, &err)
+	var res ClaimResult
+	if res.Previous, err = scanReservation(id, results.QueryRow()); err != nil {
+		return ClaimResult{}, err // ErrNotFound: vanished; the COMMIT ends the empty transaction
+	}
+	res.Current, err = scanReservation(id, results.QueryRow())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		res.Current = res.Previous // held by another: nothing updated
+	case err != nil:
+		return ClaimResult{}, err
+	default:
+		res.Granted = true
+	}
+	if _, err := results.Exec(); err != nil {
+		return ClaimResult{}, classify("commit", err)
+	}
+	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
+	if res.Granted && res.Previous.OwnerID != c.OwnerID && caller.Err() != nil {
+		giveBack(ctx, t.conn, c) // a takeover nobody will hear of
+	}
+	return res, nil
 }

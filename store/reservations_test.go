@@ -33,11 +33,11 @@ func claimWith(ctx context.Context, st *store.Store, c store.Claim) (res store.C
 func TestClaimReservationCreatesMissingRow(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.shiftClock(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
+	b.clock.Shift(t, -1000*time.Hour) // the lease runs on the database's clock, not ours
 	c := store.Claim{ID: store.ID{"o", "p", "d", "k"}, OwnerID: "w1", HeartbeatInterval: 500*time.Millisecond + time.Nanosecond, Lease: 90 * time.Second}
-	before := b.now(t)
+	before := b.clock.Now(t)
 	got := b.claim(t, c)
-	after := b.now(t)
+	after := b.clock.Now(t)
 	if !got.Created || !got.Granted || got.Current.OwnerID != "w1" || got.Current.HeartbeatInterval != c.HeartbeatInterval {
 		t.Fatalf("claim = %+v, want w1's, created and granted, heartbeat kept to the nanosecond", got)
 	}
@@ -80,12 +80,12 @@ func TestClaimReservationGrantsByTheDatabaseClock(t *testing.T) {
 		{2 * time.Hour, "w1", false},
 	}
 	for i, s := range steps {
-		b.shiftClock(t, s.offset)
+		b.clock.Shift(t, s.offset)
 		res := b.claim(t, store.Claim{ID: id, OwnerID: s.owner, HeartbeatInterval: time.Second, Lease: time.Hour})
 		if res.Granted != s.granted {
 			t.Fatalf("step %d (%s at +%v): granted = %v, want %v (%+v)", i, s.owner, s.offset, res.Granted, s.granted, res)
 		}
-		if now := b.now(t); res.Granted && !res.Current.ExpiresAt.After(now.Add(59*time.Minute)) {
+		if now := b.clock.Now(t); res.Granted && !res.Current.ExpiresAt.After(now.Add(59*time.Minute)) {
 			t.Fatalf("step %d: granted until %v, want an hour after %v", i, res.Current.ExpiresAt, now)
 		}
 	}
@@ -261,7 +261,7 @@ func TestCacheNowFollowsTheTestClock(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	near("connection string offset", skew(conn), -90*time.Minute)
-	b.shiftClock(t, 48*time.Hour)
+	b.clock.Shift(t, 48*time.Hour)
 	near("database offset", skew(b.store.Pool()), 48*time.Hour)
 	near("connection string offset wins", skew(conn), -90*time.Minute)
 }

@@ -40,8 +40,9 @@ func (cc *countedConn) Read(p []byte) (int, error) {
 
 // TestRoundTrips counts the database round trips of each operation on a warm
 // connection (its statements already prepared): one for Get, Put, Delete and
-// Release, two for a claim, which is one transaction (its lock timeout and
-// its reading of the clock included).
+// Release, two for a claim in a transaction (its lock timeout and its
+// reading of the clock included), one for Store.ClaimReservation's create
+// and held, two for its extend (the read, then the locked transaction).
 func TestRoundTrips(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -79,6 +80,12 @@ func TestRoundTrips(t *testing.T) {
 			})
 		}
 	}
+	storeClaim := func(owner string) func() error {
+		return func() error {
+			_, err := s.ClaimReservation(ctx, Claim{ID: id, OwnerID: owner, HeartbeatInterval: time.Second, Lease: time.Minute})
+			return err
+		}
+	}
 	ops := []struct {
 		name string
 		want int64
@@ -93,6 +100,12 @@ func TestRoundTrips(t *testing.T) {
 		{"claim, finding it held", 2, claim("w2")},
 		{"claim, extending it", 2, claim("w1")},
 		{"release", 1, func() error { _, err := s.ReleaseReservation(ctx, id, "w1"); return err }},
+		// Store.ClaimReservation needs the locked transaction only for the
+		// holder's own row or an expired one.
+		{"store claim, creating the reservation", 1, storeClaim("w1")},
+		{"store claim, finding it held", 1, storeClaim("w2")},
+		{"store claim, extending it", 2, storeClaim("w1")},
+		{"release again", 1, func() error { _, err := s.ReleaseReservation(ctx, id, "w1"); return err }},
 	}
 	// Warm up: connect, and let pgx prepare and cache every statement. Each
 	// pass leaves the rows as the next pass needs them.

@@ -22,6 +22,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/puddle/v2"
+
+	"github.com/cacheservice/cacheservice/internal/setting"
 )
 
 // Sentinel errors returned at the store boundary; test with errors.Is.
@@ -40,6 +42,9 @@ var (
 	// ErrLockTimeout means a row lock was not granted within the lock
 	// timeout: another session holds it. It is also ErrUnavailable.
 	ErrLockTimeout = fmt.Errorf("lock wait timed out: %w", ErrUnavailable)
+	// ErrClockOffset means the database's sessions see a clock moved by
+	// the test-only setting cacheservice.clock_offset (see CheckClock).
+	ErrClockOffset = errors.New("the test-only clock offset cacheservice.clock_offset is set")
 )
 
 // Config says how to reach the database.
@@ -55,6 +60,9 @@ type Config struct {
 	// hold a pool connection per waiting request for the whole Timeout.
 	// Zero leaves PostgreSQL's setting.
 	LockTimeout time.Duration
+	// AllowClockOffset lets CheckClock accept sessions whose clock is moved
+	// by cacheservice.clock_offset. For tests only: no flag sets it.
+	AllowClockOffset bool
 }
 
 // Bounds of the settings, so a typo cannot disable a safeguard.
@@ -77,28 +85,18 @@ func DefaultConfig() Config {
 	return Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second}
 }
 
-// Validate checks the settings' bounds. Errors are SettingErrors naming the
-// setting as its flag is named.
+// Validate checks the settings' bounds. Errors are *setting.Errors naming
+// the Config field; the caller names it as its users know it.
 func (c Config) Validate() error {
 	var errs []error
 	if c.Timeout < MinTimeout || c.Timeout > MaxTimeout {
-		errs = append(errs, &SettingError{"db-timeout", fmt.Sprintf("must be between %v and %v, got %v", MinTimeout, MaxTimeout, c.Timeout)})
+		errs = append(errs, &setting.Error{Field: "Timeout", Problem: fmt.Sprintf("must be between %v and %v, got %v", MinTimeout, MaxTimeout, c.Timeout)})
 	}
 	if c.LockTimeout < MinLockTimeout || c.LockTimeout >= c.Timeout {
-		errs = append(errs, &SettingError{"lock-timeout", fmt.Sprintf("must be at least %v and below db-timeout (%v), got %v", MinLockTimeout, c.Timeout, c.LockTimeout)})
+		errs = append(errs, &setting.Error{Field: "LockTimeout", Problem: fmt.Sprintf("must be at least %v and below {Timeout} (%v), got %v", MinLockTimeout, c.Timeout, c.LockTimeout)})
 	}
 	return errors.Join(errs...)
 }
-
-// SettingError is a setting out of its bounds.
-type SettingError struct {
-	// Setting is the name of the setting's flag, without dashes in front.
-	Setting string
-	// Problem says what is wrong, in a phrase that follows the name.
-	Problem string
-}
-
-func (e *SettingError) Error() string { return e.Setting + " " + e.Problem }
 
 // Store is a pool of connections to one database.
 type Store struct {
@@ -106,6 +104,8 @@ type Store struct {
 	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
+	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
+	allowOffset bool
 }
 
 // Open creates the connection pool. It does not contact the database; call
@@ -130,7 +130,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
 	}
-	return newStore(pool, cfg.Timeout, cfg.LockTimeout), nil
+	s := newStore(pool, cfg.Timeout, cfg.LockTimeout)
+	s.allowOffset = cfg.AllowClockOffset
+	return s, nil
 }
 
 func newStore(pool *pgxpool.Pool, timeout, lockTimeout time.Duration) *Store {
@@ -188,6 +190,35 @@ func (s *Store) Ping(ctx context.Context) error {
 	return classify("ping", s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		return conn.Ping(ctx)
 	}))
+}
+
+// CheckClock fails with ErrClockOffset when a session of the database sees
+// a non-zero cacheservice.clock_offset, unless Config.AllowClockOffset. The
+// setting moves cache_now(), which judges every lease, and PostgreSQL takes
+// it from a connection string, ALTER DATABASE or ALTER ROLE: one replica
+// configured so would take over live reservations or keep dead ones. A
+// server calls it once at start, after Ping; a value set later by ALTER
+// DATABASE reaches only new sessions and is not seen.
+func (s *Store) CheckClock(ctx context.Context) error {
+	if s.allowOffset {
+		return nil
+	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	var offset string
+	var moved bool
+	err := s.db.QueryRow(ctx, `SELECT coalesce(current_setting('cacheservice.clock_offset', true), ''),
+		coalesce(nullif(current_setting('cacheservice.clock_offset', true), '')::interval, interval '0') <> interval '0'`).Scan(&offset, &moved)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == pgerrcode.InvalidDatetimeFormat {
+		return fmt.Errorf("%w to %q, which is not an interval: cache_now() fails", ErrClockOffset, offset)
+	}
+	if err != nil {
+		return classify("check clock", err)
+	}
+	if moved {
+		return fmt.Errorf("%w to %s on this database's sessions (connection string, ALTER DATABASE or ALTER ROLE): it moves the clock every lease is judged by; unset it", ErrClockOffset, offset)
+	}
+	return nil
 }
 
 // errStoreDeadline is the cause of a context ended by the store's own

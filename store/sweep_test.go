@@ -80,12 +80,12 @@ func TestSweepDeletesOnlyRowsBeforeCutoff(t *testing.T) {
 			after := kind.seed(b, t, "after", -time.Hour+margin)
 			live := kind.seed(b, t, "live", time.Hour)
 
-			b.shiftClock(t, -24*time.Hour) // nothing is old a day earlier
+			b.clock.Shift(t, -24*time.Hour) // nothing is old a day earlier
 			if n, err := kind.delete(b, time.Hour, 100); err != nil || n != 0 {
 				t.Fatalf("delete a day earlier = %d, %v; want none deleted", n, err)
 			}
 			// Back to the moment of seeding.
-			b.shiftClock(t, -time.Since(seeded))
+			b.clock.Shift(t, -time.Since(seeded))
 			n, err := kind.delete(b, time.Hour, 100)
 			if err != nil || n != 1 {
 				t.Fatalf("delete = %d, %v; want 1 deleted", n, err)
@@ -98,7 +98,7 @@ func TestSweepDeletesOnlyRowsBeforeCutoff(t *testing.T) {
 					t.Errorf("row %s (not before the cutoff) is gone: %v", id.Key, err)
 				}
 			}
-			b.shiftClock(t, 3*time.Hour) // now everything is
+			b.clock.Shift(t, 3*time.Hour) // now everything is
 			if n, err := kind.delete(b, time.Hour, 100); err != nil || n != 2 {
 				t.Fatalf("delete 3h later = %d, %v; want the other 2 deleted", n, err)
 			}

@@ -170,18 +170,8 @@ func (t *Tx) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, error)
 			VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
 			ON CONFLICT (org, project, domain, key) DO NOTHING`,
 			id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
-		b.Queue(`
-			SELECT owner_id, heartbeat_interval_ns, expires_at
-			FROM reservations
-			WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
-			FOR UPDATE`,
-			id.Org, id.Project, id.Domain, id.Key)
-		b.Queue(`
-			UPDATE reservations SET owner_id = $5, heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
-			WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
-				AND (owner_id = $5 OR expires_at <= cache_now())
-			RETURNING owner_id, heartbeat_interval_ns, expires_at`,
-			id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
+		b.Queue(lockReservationSQL, id.Org, id.Project, id.Domain, id.Key)
+		b.Queue(grantReservationSQL, id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
 		res, err := claimOnce(ctx, t, id, b)
 		if errors.Is(err, ErrNotFound) {
 			continue // released between our insert and our lock

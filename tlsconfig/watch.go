@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/cacheservice/cacheservice/internal/filewatch"
 )
 
 // Watch re-reads the files whenever something changes in a directory holding one of them, until
@@ -23,7 +22,7 @@ import (
 // that a path resolves to through other symlinks is not watched, and a watched directory that is
 // removed and created again is no longer watched: Reload covers both (SIGHUP).
 func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
-	w, err := fsnotify.NewWatcher()
+	w, err := filewatch.New(r.cfg.Debounce)
 	if err != nil {
 		return nil, fmt.Errorf("tls: watch certificate files: %w", err)
 	}
@@ -39,40 +38,9 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 			return nil, fmt.Errorf("tls: watch directory %s: %w", dir, err)
 		}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer w.Close()
-		r.watchLoop(ctx, w)
-	}()
-	return done, nil
-}
-
-func (r *Reloader) watchLoop(ctx context.Context, w *fsnotify.Watcher) {
-	// Stopped until the first event; each event pushes the reload back by the debounce delay.
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	defer debounce.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			// Every kind of event counts, chmod included (a key made readable is a change);
-			// a burst that changed nothing costs one read of the files.
-			debounce.Reset(r.cfg.Debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			// An overflowed event queue loses events: reload to be sure nothing was missed.
-			r.logger.Warn("tls certificate watch error; reloading to be safe", slog.String("error", err.Error()))
-			debounce.Reset(r.cfg.Debounce)
-		case <-debounce.C:
-			_ = r.Reload() // logged and counted by Reload; the previous material stays in force
-		}
-	}
+	reload := func() { _ = r.Reload() } // logged and counted by Reload; the previous material stays in force
+	return w.Run(ctx, reload, func(err error) {
+		// An overflowed event queue loses events: reload to be sure nothing was missed.
+		r.logger.Warn("tls certificate watch error; reloading to be safe", slog.String("error", err.Error()))
+	}), nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cacheservice/cacheservice/auth"
+	"github.com/cacheservice/cacheservice/internal/setting"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
 	"github.com/cacheservice/cacheservice/store"
@@ -36,6 +37,9 @@ type Config struct {
 	// Store says how to reach PostgreSQL: --database-url (empty runs an
 	// embedded one in DataDir), --db-max-conns and --db-timeout.
 	Store store.Config
+	// DBConnectTimeout bounds the wait at start for an external database to
+	// become reachable; 0 tries once.
+	DBConnectTimeout time.Duration
 	// DataDir holds the embedded PostgreSQL cluster.
 	DataDir string
 	// Manager holds the cache's limits: --max-heartbeat,
@@ -92,17 +96,18 @@ func (c Config) tlsOn() bool { return c.TLS.CertFile != "" }
 // packages' defaults and cmd's own.
 func defaultConfig() Config {
 	return Config{
-		Addr:            "127.0.0.1:8094",
-		Store:           store.DefaultConfig(),
-		DataDir:         ".cacheservice",
-		Manager:         manager.DefaultConfig(),
-		Sweep:           manager.DefaultSweepConfig(),
-		MaxRequestBytes: service.DefaultMaxRequestBytes,
-		HTTP:            defaultHTTPConfig(),
-		ShutdownTimeout: 15 * time.Second,
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "text",
-		Auth:            auth.Config{OIDCClaim: "sub"},
+		Addr:             "127.0.0.1:8094",
+		Store:            store.DefaultConfig(),
+		DataDir:          ".cacheservice",
+		DBConnectTimeout: time.Minute,
+		Manager:          manager.DefaultConfig(),
+		Sweep:            manager.DefaultSweepConfig(),
+		MaxRequestBytes:  service.DefaultMaxRequestBytes,
+		HTTP:             defaultHTTPConfig(),
+		ShutdownTimeout:  15 * time.Second,
+		LogLevel:         slog.LevelInfo,
+		LogFormat:        "text",
+		Auth:             auth.Config{OIDCClaim: "sub"},
 	}
 }
 
@@ -134,6 +139,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded PostgreSQL, created on first start; relative to the working directory")
 	fs.IntVar(&maxConns, "db-max-conns", maxConns, "maximum open database connections")
 	fs.DurationVar(&cfg.Store.Timeout, "db-timeout", cfg.Store.Timeout, "deadline of every database call")
+	fs.DurationVar(&cfg.DBConnectTimeout, "db-connect-timeout", cfg.DBConnectTimeout, "how long a start waits for an unreachable database, retrying with backoff; 0 tries once (a refused login or a bad URL fails at once)")
 	fs.DurationVar(&cfg.Store.LockTimeout, "lock-timeout", cfg.Store.LockTimeout, "longest wait of a claim for a reservation's row lock before it answers unavailable; below --db-timeout (default at most half of it)")
 	fs.DurationVar(&cfg.Manager.MaxHeartbeat, "max-heartbeat", cfg.Manager.MaxHeartbeat, "longest reservation heartbeat interval granted, and the one given when a request sets none (at most 24h)")
 	fs.DurationVar(&cfg.Manager.MinHeartbeat, "min-heartbeat", cfg.Manager.MinHeartbeat, "shortest reservation heartbeat interval a request may set; shorter is invalid_argument")
@@ -168,15 +174,19 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.BoolVar(&cfg.InsecureAllowOpen, "insecure-allow-open", cfg.InsecureAllowOpen, "without --auth-file, listen on a non-loopback --addr anyway: anyone who reaches it may read, write and delete everything")
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += fmt.Sprintf(" (env %s)", envName(f.Name)) })
 
+	bad, unwrap := checkValues(fs)
+	defer unwrap()
 	if err := fs.Parse(args); err != nil {
+		unwrap()
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(output, "Usage: cacheservice serve [flags]\n\n"+
 				"Serves the cache API. Every flag can also be set by the environment variable\n"+
 				"named in its description; a flag on the command line wins.\n\nFlags:\n")
 			fs.SetOutput(output)
 			fs.PrintDefaults()
+			return Config{}, err
 		}
-		return Config{}, err
+		return Config{}, parseError(err, bad)
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q: serve takes flags only", fs.Arg(0))
@@ -223,7 +233,7 @@ func applyEnv(fs *flag.FlagSet, env lookupEnv) error {
 			return
 		}
 		if setErr := fs.Set(f.Name, v); setErr != nil {
-			err = fmt.Errorf("invalid value %q for %s: %w", v, name, setErr)
+			err = fmt.Errorf("%s (--%s): %w", name, f.Name, setErr)
 		}
 	})
 	return err
@@ -255,10 +265,13 @@ func (c Config) validate() error {
 	check(!c.embedded() || c.DataDir != "", "%s must not be empty when no database URL is given", opt("data-dir"))
 	// The bounds of the store's, manager's and sweeper's settings are
 	// theirs; here they only learn the flag's full name.
-	errs = append(errs, flagErrors(c.Store.Validate(), c.Manager.Validate(), c.Sweep.Validate())...)
+	errs = append(errs, flagErrors(c.Store.Validate(), storeFlags)...)
+	errs = append(errs, flagErrors(c.Manager.Validate(), managerFlags)...)
+	errs = append(errs, flagErrors(c.Sweep.Validate(), sweepFlags)...)
 	check(c.MaxRequestBytes > 0, "%s must be positive, got %d", opt("max-request-bytes"), c.MaxRequestBytes)
 	check(c.Manager.MaxInlineBytes <= c.MaxRequestBytes, "%s (%d) must not exceed %s (%d): such outputs could never arrive",
 		opt("max-inline-bytes"), c.Manager.MaxInlineBytes, opt("max-request-bytes"), c.MaxRequestBytes)
+	check(c.DBConnectTimeout >= 0 && c.DBConnectTimeout <= maxConnectTimeout, "%s must be between 0 and %v, got %v", opt("db-connect-timeout"), maxConnectTimeout, c.DBConnectTimeout)
 	check(c.HTTP.WriteTimeout >= 10*time.Millisecond && c.HTTP.WriteTimeout <= time.Hour,
 		"%s must be between 10ms and 1h, got %v", opt("write-timeout"), c.HTTP.WriteTimeout)
 	check(c.HTTP.ResponseBudget >= 1<<20, "%s must be at least 1MiB, got %d", opt("response-budget"), c.HTTP.ResponseBudget)
@@ -328,24 +341,37 @@ func loopback(addr string) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-// flagErrors rewrites the bound errors of the packages' Validate functions
-// (store.SettingErrors, joined) to name the flag and its variable.
-func flagErrors(validated ...error) []error {
+// The flags of the embedded configs' fields, by Go field name, to name a
+// field their Validate functions report.
+var (
+	storeFlags   = map[string]string{"Timeout": "db-timeout", "LockTimeout": "lock-timeout"}
+	managerFlags = map[string]string{"MaxHeartbeat": "max-heartbeat", "MinHeartbeat": "min-heartbeat", "GraceMultiplier": "grace-multiplier", "MaxInlineBytes": "max-inline-bytes"}
+	sweepFlags   = map[string]string{"Interval": "sweep-interval", "ReservationRetention": "reservation-retention", "EntryTTL": "entry-ttl", "BatchSize": "sweep-batch-size"}
+)
+
+// flagErrors rewrites the bound errors of a package's Validate
+// (*setting.Errors, joined) to name the flag and its variable; a field
+// mentioned in the problem is named by its flag alone.
+func flagErrors(validated error, flags map[string]string) []error {
+	if validated == nil {
+		return nil
+	}
+	list := []error{validated}
+	if joined, ok := validated.(interface{ Unwrap() []error }); ok {
+		list = joined.Unwrap()
+	}
+	flag := func(field string) string {
+		if f, ok := flags[field]; ok {
+			return f
+		}
+		return field
+	}
 	var out []error
-	for _, err := range validated {
-		if err == nil {
-			continue
+	for _, e := range list {
+		if se, ok := errors.AsType[*setting.Error](e); ok {
+			e = errors.New(se.Describe(func(field string) string { return opt(flag(field)) }, flag))
 		}
-		list := []error{err}
-		if joined, ok := err.(interface{ Unwrap() []error }); ok {
-			list = joined.Unwrap()
-		}
-		for _, e := range list {
-			if se, ok := errors.AsType[*store.SettingError](e); ok {
-				e = fmt.Errorf("%s %s", opt(se.Setting), se.Problem)
-			}
-			out = append(out, e)
-		}
+		out = append(out, e)
 	}
 	return out
 }
@@ -359,7 +385,23 @@ func opt(flagName string) string {
 // suffix: 4194304, 4096KiB and 4MiB are the same.
 type byteSize int
 
-func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+// String shows the size in the largest binary unit that divides it, as the
+// README and -help's defaults write it: 1MiB, not 1048576.
+func (b *byteSize) String() string {
+	if b == nil {
+		return "0"
+	}
+	n := int(*b)
+	for _, u := range []struct {
+		suffix string
+		size   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.Itoa(n/u.size) + u.suffix
+		}
+	}
+	return strconv.Itoa(n)
+}
 
 func (b *byteSize) Set(s string) error {
 	num, unit := s, 1
@@ -374,7 +416,7 @@ func (b *byteSize) Set(s string) error {
 	}
 	n, err := strconv.Atoi(num)
 	if err != nil || n < 0 || n > math.MaxInt32/unit {
-		return errors.New("want a number of bytes such as 1048576 or 1MiB")
+		return fmt.Errorf("%q is not a size: want a number of bytes, or one with a KiB, MiB or GiB suffix, such as 1MiB", s)
 	}
 	*b = byteSize(n * unit)
 	return nil

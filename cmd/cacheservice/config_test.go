@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -30,15 +33,16 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Addr:            "127.0.0.1:8094",
-		DataDir:         ".cacheservice",
-		Store:           store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
-		Manager:         manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
-		MaxRequestBytes: 4 << 20,
-		HTTP:            HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100},
-		ShutdownTimeout: 15 * time.Second,
-		LogLevel:        slog.LevelInfo,
-		LogFormat:       "text",
+		Addr:             "127.0.0.1:8094",
+		DataDir:          ".cacheservice",
+		DBConnectTimeout: time.Minute,
+		Store:            store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
+		Manager:          manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
+		MaxRequestBytes:  4 << 20,
+		HTTP:             HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100},
+		ShutdownTimeout:  15 * time.Second,
+		LogLevel:         slog.LevelInfo,
+		LogFormat:        "text",
 		// MaxBatches has no flag: it keeps the sweeper's default.
 		Sweep: manager.SweepConfig{Interval: time.Minute, ReservationRetention: time.Hour, BatchSize: 1000, MaxBatches: 100},
 		Auth:  auth.Config{OIDCClaim: "sub"},
@@ -87,6 +91,8 @@ func TestParseConfigPrecedence(t *testing.T) {
 			}},
 		{"CORS any origin", []string{"--cors-allowed-origins=*"}, nil,
 			func(c Config) bool { return reflect.DeepEqual(c.CORSAllowedOrigins, []string{"*"}) }},
+		{"connect timeout", nil, map[string]string{"CACHESERVICE_DB_CONNECT_TIMEOUT": "0"},
+			func(c Config) bool { return c.DBConnectTimeout == 0 }},
 		{"log settings", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "warn", "CACHESERVICE_LOG_FORMAT": "json"},
 			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
 		{"HTTP limits", []string{"--write-timeout=2s", "--response-budget=16MiB", "--http2-max-streams=10"},
@@ -123,21 +129,24 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		env     map[string]string
 		wantMsg string
 	}{
-		{"unknown flag", []string{"--no-such-flag"}, nil, "no-such-flag"},
+		{"unknown flag", []string{"--no-such-flag"}, nil, "unknown flag --no-such-flag"},
+		{"flag without its value", []string{"--addr"}, nil, "--addr needs a value"},
 		{"stray argument", []string{"now"}, nil, `unexpected argument "now"`},
-		{"unparsable duration", []string{"--db-timeout", "soon"}, nil, "-db-timeout"},
-		{"unparsable env duration", nil, map[string]string{"CACHESERVICE_MAX_HEARTBEAT": "10"}, "CACHESERVICE_MAX_HEARTBEAT"},
+		{"unparsable duration", []string{"--db-timeout", "soon"}, nil, `--db-timeout: "soon" is not a duration: want a number with a unit, such as 5s`},
+		{"unparsable env duration", nil, map[string]string{"CACHESERVICE_MAX_HEARTBEAT": "10"}, `CACHESERVICE_MAX_HEARTBEAT (--max-heartbeat): "10" needs a unit, such as 10s`},
 		{"zero db timeout", []string{"--db-timeout=0s"}, nil, "--db-timeout"},
 		{"negative heartbeat", nil, map[string]string{"CACHESERVICE_MAX_HEARTBEAT": "-1s"}, "--max-heartbeat (CACHESERVICE_MAX_HEARTBEAT)"},
 		{"grace below one", []string{"--grace-multiplier=0.5"}, nil, "--grace-multiplier"},
 		{"grace not a number", []string{"--grace-multiplier=NaN"}, nil, "--grace-multiplier"},
 		{"zero connections", []string{"--db-max-conns=0"}, nil, "--db-max-conns"},
-		{"bad byte size", []string{"--max-request-bytes=4MB"}, nil, "-max-request-bytes"},
+		{"bad byte size", []string{"--max-request-bytes=4MB"}, nil, `--max-request-bytes: "4MB" is not a size`},
 		{"inline over request", []string{"--max-inline-bytes=8MiB"}, nil, "must not exceed"},
 		{"address without port", []string{"--addr=localhost"}, nil, "--addr"},
 		{"origin with a path", []string{"--cors-allowed-origins=https://a.example.com/app"}, nil, "https://a.example.com/app"},
 		{"origin without scheme", nil, map[string]string{"CACHESERVICE_CORS_ALLOWED_ORIGINS": "a.example.com"}, "CACHESERVICE_CORS_ALLOWED_ORIGINS"},
-		{"log level", []string{"--log-level=loud"}, nil, "-log-level"},
+		{"log level", []string{"--log-level=loud"}, nil, `--log-level: "loud" is not a log level: want debug, info, warn or error`},
+		{"env log level", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "verbose"}, `CACHESERVICE_LOG_LEVEL (--log-level): "verbose" is not a log level: want debug, info, warn or error`},
+		{"not a whole number", []string{"--db-max-conns=ten"}, nil, `--db-max-conns: "ten" is not a whole number`},
 		{"log format", []string{"--log-format=xml"}, nil, "--log-format"},
 		{"empty data dir", []string{"--data-dir="}, nil, "--data-dir"},
 		{"zero shutdown timeout", []string{"--shutdown-timeout=0s"}, nil, "--shutdown-timeout"},
@@ -165,7 +174,9 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"huge retention", []string{"--reservation-retention=900000h"}, nil, "--reservation-retention"},
 		{"huge entry ttl", []string{"--entry-ttl=900000h"}, nil, "--entry-ttl"},
 		{"huge sweep batch", []string{"--sweep-batch-size=1000000000"}, nil, "--sweep-batch-size"},
-		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, "CACHESERVICE_PPROF"},
+		{"unparsable pprof", nil, map[string]string{"CACHESERVICE_PPROF": "maybe"}, `CACHESERVICE_PPROF (--pprof): "maybe" is not a boolean`},
+		{"negative connect timeout", []string{"--db-connect-timeout=-1s"}, nil, "--db-connect-timeout (CACHESERVICE_DB_CONNECT_TIMEOUT) must be between 0 and 1h0m0s"},
+		{"huge connect timeout", nil, map[string]string{"CACHESERVICE_DB_CONNECT_TIMEOUT": "2h"}, "--db-connect-timeout"},
 		{"certificate without key", []string{"--tls-cert-file=c.pem"}, nil, "--tls-cert-file (CACHESERVICE_TLS_CERT_FILE) needs --tls-key-file"},
 		{"key without certificate", nil, map[string]string{"CACHESERVICE_TLS_KEY_FILE": "k.pem"}, "--tls-key-file (CACHESERVICE_TLS_KEY_FILE) needs --tls-cert-file"},
 		{"client CA without TLS", []string{"--tls-client-ca-file=ca.pem", "--auth-file=a.yaml"}, nil, "--tls-client-ca-file (CACHESERVICE_TLS_CLIENT_CA_FILE) needs --tls-cert-file"},
@@ -178,7 +189,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"empty claim", []string{"--oidc-claim="}, nil, "--oidc-claim"},
 		{"bad trusted proxy", []string{"--trusted-proxies=10.0.0.1/8", "--auth-file=a.yaml"}, nil, "host bits set"},
 		{"trusted proxies without auth file", nil, map[string]string{"CACHESERVICE_TRUSTED_PROXIES": "10.0.0.0/8"}, "--trusted-proxies (CACHESERVICE_TRUSTED_PROXIES) needs --auth-file"},
-		{"unparsable insecure-allow-open", nil, map[string]string{"CACHESERVICE_INSECURE_ALLOW_OPEN": "perhaps"}, "CACHESERVICE_INSECURE_ALLOW_OPEN"},
+		{"unparsable insecure-allow-open", nil, map[string]string{"CACHESERVICE_INSECURE_ALLOW_OPEN": "perhaps"}, `CACHESERVICE_INSECURE_ALLOW_OPEN (--insecure-allow-open): "perhaps" is not a boolean`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,12 +199,15 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 			if code != exitUsage {
 				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitUsage, &stderr)
 			}
-			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
-			if !strings.HasPrefix(lines[0], "cacheservice: ") || !strings.Contains(lines[0], tt.wantMsg) {
-				t.Errorf("first line %q, want the error naming %q", lines[0], tt.wantMsg)
+			out := stderr.String()
+			if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
+				t.Errorf("stderr = %q, want exactly one line", out)
 			}
-			if len(lines) != 2 || !strings.Contains(lines[1], "-help") {
-				t.Errorf("stderr = %q, want the error and a pointer to -help", &stderr)
+			if !strings.HasPrefix(out, "cacheservice: ") || !strings.Contains(out, tt.wantMsg) || !strings.Contains(out, "serve -help") {
+				t.Errorf("stderr = %q, want the error naming %q and a pointer to -help", out, tt.wantMsg)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", &stdout)
 			}
 		})
 	}
@@ -205,7 +219,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	if code := cli(context.Background(), []string{"serve", "-help"}, noEnv, &stdout, &stderr); code != exitOK {
 		t.Fatalf("exit code %d, want 0; stderr: %s", code, &stderr)
 	}
-	for _, flag := range []string{"addr", "database-url", "data-dir", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
+	for _, flag := range []string{"addr", "database-url", "data-dir", "db-connect-timeout", "db-max-conns", "db-timeout", "lock-timeout", "max-heartbeat", "min-heartbeat",
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
 		"reservation-retention", "entry-ttl", "sweep-batch-size",
@@ -225,6 +239,70 @@ func TestCLIRejectsUnknownCommand(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), `unknown command "serv"`) {
 		t.Errorf("stderr = %q", &stderr)
+	}
+}
+
+// TestEveryDurationFlagNamesAMissingUnit gives each duration flag a bare
+// number, on the command line and in its variable: every one answers in one
+// line naming the flag and the missing unit, never the flag package's
+// "parse error".
+func TestEveryDurationFlagNamesAMissingUnit(t *testing.T) {
+	t.Parallel()
+	var durations []string
+	// The flags of serve, read from its -help, so a new one is covered.
+	var help bytes.Buffer
+	if _, err := parseConfig([]string{"-help"}, noEnv, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: %v", err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z-]+) duration$`).FindAllStringSubmatch(help.String(), -1) {
+		durations = append(durations, m[1])
+	}
+	if len(durations) < 8 {
+		t.Fatalf("found %d duration flags in -help, want the eight or more serve has:\n%s", len(durations), &help)
+	}
+	for _, name := range durations {
+		for _, src := range []struct {
+			args []string
+			env  map[string]string
+			who  string
+		}{
+			{[]string{"--" + name, "5"}, nil, "--" + name + ": "},
+			{nil, map[string]string{envName(name): "5"}, envName(name) + " (--" + name + "): "},
+		} {
+			var stdout, stderr bytes.Buffer
+			code := cli(context.Background(), append([]string{"serve"}, src.args...), env(src.env), &stdout, &stderr)
+			want := "cacheservice: " + src.who + `"5" needs a unit, such as 5s`
+			if code != exitUsage || !strings.HasPrefix(stderr.String(), want) || strings.Count(stderr.String(), "\n") != 1 {
+				t.Errorf("%s=5: exit %d, stderr %q; want exit %d and one line starting %q", name, code, &stderr, exitUsage, want)
+			}
+		}
+	}
+}
+
+// TestHelpShowsByteSizesWithTheirUnit: -help shows the byte-size defaults
+// as the README writes them (1MiB), and the sizes round-trip.
+func TestHelpShowsByteSizesWithTheirUnit(t *testing.T) {
+	t.Parallel()
+	var help bytes.Buffer
+	if _, err := parseConfig([]string{"-help"}, noEnv, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: %v", err)
+	}
+	for _, want := range []string{"(default 1MiB)", "(default 4MiB)"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("-help lacks %s:\n%s", want, &help)
+		}
+	}
+	if strings.Contains(help.String(), "1048576") && !strings.Contains(help.String(), "such as 1048576") {
+		t.Errorf("-help still shows a size in plain bytes:\n%s", &help)
+	}
+	for n, want := range map[byteSize]string{0: "0", 1000: "1000", 1 << 10: "1KiB", 1536: "1536", 1 << 20: "1MiB", 1 << 30: "1GiB", 1<<20 + 1<<10: "1025KiB"} {
+		if got := n.String(); got != want {
+			t.Errorf("byteSize(%d) = %q, want %q", int(n), got, want)
+		}
+		var back byteSize
+		if err := back.Set(want); err != nil || back != n {
+			t.Errorf("Set(%q) = %d, %v; want %d", want, int(back), err, int(n))
+		}
 	}
 }
 

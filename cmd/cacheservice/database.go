@@ -18,7 +18,16 @@ import (
 
 // startupTimeout bounds starting the embedded PostgreSQL and migrating: a
 // first start runs initdb, and migrations may wait for another replica's.
+// Waiting for an external database to become reachable has its own bound,
+// --db-connect-timeout, on top.
 const startupTimeout = 2 * time.Minute
+
+// errEmbeddedUnavailable is the one line a server started without a
+// database URL prints where no PostgreSQL server binaries exist: in the
+// container image (distroless, no PostgreSQL) above all, where installing
+// them is not the answer, so the URL comes first.
+var errEmbeddedUnavailable = errors.New("no database URL given, and the embedded PostgreSQL is not available in this build or image (no postgres and initdb binaries found): " +
+	"pass --database-url (or CACHESERVICE_DATABASE_URL), or install PostgreSQL's server binaries (e.g. apt-get install postgresql)")
 
 // embeddedSupervise is how often the embedded PostgreSQL is checked for
 // reachability: a stat of its socket file, so cheap enough to do often.
@@ -35,7 +44,7 @@ type database struct {
 // openDatabase starts the embedded PostgreSQL when no URL is configured,
 // opens the pool and applies the migrations.
 func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *database, err error) {
-	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, startupTimeout+cfg.DBConnectTimeout)
 	defer cancel()
 	db := &database{kind: "external"}
 	defer func() {
@@ -58,9 +67,9 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 	}
 	if cfg.embedded() {
 		db.kind = "embedded"
-		// Fail first with the one line that says what to install.
+		// Fail first with the one line that says what to do.
 		if _, err := embeddedpg.FindBinaries(); err != nil {
-			return nil, err
+			return nil, errEmbeddedUnavailable
 		}
 		db.embedded, err = embeddedpg.Start(ctx, embeddedpg.Config{
 			Dir:      cfg.DataDir,
@@ -71,20 +80,30 @@ func openDatabase(ctx context.Context, cfg Config, logger *slog.Logger) (_ *data
 			// repaired within about this long.
 			Supervise: embeddedSupervise,
 		})
+		if errors.Is(err, embeddedpg.ErrUnreachableDir) {
+			return nil, fmt.Errorf("%w; pass %s a directory that user can reach, such as /var/lib/cacheservice, or open up that parent", err, opt("data-dir"))
+		}
 		if err != nil {
 			return nil, err
 		}
 		storeCfg.URL = db.embedded.ConnString(embeddedpg.DefaultDatabase)
 	}
 
-	db.store, err = store.Open(ctx, storeCfg)
-	if err != nil {
-		return nil, fmt.Errorf("open database: %w", err)
+	// Reach it first: an unreachable database is the common failure, and
+	// its error is clearer than one from inside a migration. The embedded
+	// one is up already, so it gets no retries.
+	connectTimeout := cfg.DBConnectTimeout
+	if cfg.embedded() {
+		connectTimeout = 0
 	}
-	// Ping first: an unreachable database is the common failure, and
-	// its error is clearer than one from inside a migration.
-	if err := db.store.Ping(ctx); err != nil {
-		return nil, fmt.Errorf("reach database: %w", err)
+	db.store, err = connectStore(ctx, storeCfg, connectTimeout, logger)
+	if err != nil {
+		return nil, err
+	}
+	// A test's clock offset left in a connection string or on the database
+	// would move every lease this replica judges: refuse to start.
+	if err := db.store.CheckClock(ctx); err != nil {
+		return nil, fmt.Errorf("refusing to start: %w", err)
 	}
 	if err := db.store.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("migrate database: %w", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cacheservice/cacheservice/internal/flyteimport"
+	"github.com/cacheservice/cacheservice/internal/setting"
 	"github.com/cacheservice/cacheservice/store"
 )
 
@@ -81,8 +82,9 @@ func parseImportConfig(args []string, env lookupEnv, output io.Writer) (importCo
 	cfg.db.Store.LockTimeout = min(cfg.db.Store.LockTimeout, cfg.db.Store.Timeout/2)
 	if err := cfg.db.Store.Validate(); err != nil {
 		// Named as flags only: import-flyte reads no environment for them.
-		if se, ok := errors.AsType[*store.SettingError](err); ok {
-			return importConfig{}, fmt.Errorf("--%s %s", se.Setting, se.Problem)
+		if se, ok := errors.AsType[*setting.Error](err); ok {
+			flag := func(field string) string { return storeFlags[field] }
+			return importConfig{}, errors.New(se.Describe(func(field string) string { return "--" + flag(field) }, flag))
 		}
 		return importConfig{}, err
 	}
@@ -128,7 +130,7 @@ func importFlyteCommand(ctx context.Context, args []string, env lookupEnv, stdou
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case err != nil:
-		fmt.Fprintf(stderr, "cacheservice import-flyte: %v\nRun 'cacheservice import-flyte -help' for the flags.\n", oneLine(err))
+		fmt.Fprintf(stderr, "cacheservice import-flyte: %v (see cacheservice import-flyte -help)\n", oneLine(err))
 		return exitUsage
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

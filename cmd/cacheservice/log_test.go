@@ -63,10 +63,13 @@ func TestFailedRequestIsLoggedOnceWithoutTheRequest(t *testing.T) {
 	}
 }
 
+// TestUnreachableDatabaseFailsStartInOneLineWithoutThePassword: with no
+// time to wait (--db-connect-timeout=0; connect_test.go tests the waiting),
+// an unreachable database stops the start with one line.
 func TestUnreachableDatabaseFailsStartInOneLineWithoutThePassword(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr syncBuffer
-	code := cli(t.Context(), []string{"serve", "--addr", "127.0.0.1:0", "--database-url", "postgres://cache:s3cret@127.0.0.1:1/cache"},
+	code := cli(t.Context(), []string{"serve", "--addr", "127.0.0.1:0", "--db-connect-timeout", "0", "--database-url", "postgres://cache:s3cret@127.0.0.1:1/cache"},
 		noEnv, &stdout, &stderr)
 	if code != exitFail {
 		t.Fatalf("exit code %d, want %d; stderr:\n%s", code, exitFail, &stderr)

@@ -15,6 +15,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/cacheservice/cacheservice/internal/version"
 )
 
 // Exit codes: 2 is a usage error, as with the flag package.
@@ -43,6 +45,7 @@ Usage:
   cacheservice import-flyte --from URL [flags]
                                copy a Flyte cache service database into ours
                                (see cacheservice import-flyte -help)
+  cacheservice version         print the version, commit and Go version of this build
   cacheservice help            show this help
 `
 
@@ -57,6 +60,8 @@ func cli(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Wr
 		return serveCommand(ctx, args[1:], env, stdout, stderr)
 	case "import-flyte":
 		return importFlyteCommand(ctx, args[1:], env, stdout, stderr)
+	case "version", "-version", "--version":
+		return versionCommand(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -74,7 +79,9 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case err != nil:
-		fmt.Fprintf(stderr, "cacheservice: %v\nRun 'cacheservice serve -help' for the flags.\n", oneLine(err))
+		// One line, as the README promises: a log collector or a person
+		// reading `kubectl logs` sees the whole reason at once.
+		fmt.Fprintf(stderr, "cacheservice: %v (see cacheservice serve -help)\n", oneLine(err))
 		return exitUsage
 	}
 	if why := cfg.exposed(); why != "" {
@@ -107,4 +114,16 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 // attempts) into one line.
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+// versionCommand prints which build this is, from internal/version (the
+// same values, under the same names, as the labels of the
+// cacheservice_build_info metric), one per line.
+func versionCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "cacheservice: unexpected argument %q: version takes none\n", args[0])
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "version:   %s\ncommit:    %s\ngoversion: %s\n", version.String(), version.Commit(), version.GoVersion())
+	return exitOK
 }

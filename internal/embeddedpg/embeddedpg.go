@@ -148,6 +148,12 @@ func newServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start embedded postgresql: %w", err)
 	}
+	if acct != nil {
+		// Before anything is created, so a refusal leaves nothing behind.
+		if err := acct.checkTraversable(dir); err != nil {
+			return nil, fmt.Errorf("start embedded postgresql: %w", err)
+		}
+	}
 	return &Server{
 		cfg:     cfg,
 		binDir:  binDir,

@@ -57,17 +57,27 @@ func (a *account) credential() *syscall.Credential {
 	return &syscall.Credential{Uid: a.uid, Gid: a.gid, Groups: a.groups}
 }
 
+// ErrUnreachableDir is returned (wrapped) when the postgres user could not enter a parent of the
+// directory: the common case is a checkout under /root (mode 0700) while running as root.
+var ErrUnreachableDir = errors.New("unreachable for the postgres user")
+
 // checkTraversable fails unless the account can search every ancestor of dir, which it needs to
-// reach its data directory and socket. Only mode bits are checked (ACLs are not), which matches
-// the common failure: a directory under /root, mode 0700.
+// reach its data directory and socket. Ancestors that do not exist yet are skipped: Start creates
+// them world-searchable. So it can run before anything is created, and a refused start leaves
+// nothing behind. Only mode bits are checked (ACLs are not), which matches the common failure: a
+// directory under /root, mode 0700.
 func (a *account) checkTraversable(dir string) error {
 	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
 		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) && p != filepath.Dir(p) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("check access to %s: %w", p, err)
 		}
 		if !a.canSearch(fi) {
-			return fmt.Errorf("check access to %s: user %q cannot enter %s (mode %v); put the data directory where that user can reach it (e.g. under /var/lib or /tmp) or open up the directory", dir, serverUser, p, fi.Mode().Perm())
+			return fmt.Errorf("data directory %s is %w (PostgreSQL refuses to run as root, so it runs as that user): it cannot enter %s (mode %#o)",
+				dir, ErrUnreachableDir, p, fi.Mode().Perm())
 		}
 		if p == filepath.Dir(p) {
 			return nil

@@ -301,3 +301,33 @@ func SetClockOffset(t testing.TB, connString string, d time.Duration, pools ...*
 func offsetValue(d time.Duration) string {
 	return fmt.Sprintf("%dus", d.Microseconds())
 }
+
+// Clock is the database's clock, cache_now(), as the sessions of one pool over the database at
+// URL see it: what a test moves instead of sleeping, and reads to bound a timestamp.
+type Clock struct {
+	URL  string
+	Pool *pgxpool.Pool
+}
+
+// Shift moves the clock to d ahead of the database's (behind, when d is negative) for Pool's
+// connections and every new session; see SetClockOffset.
+func (c Clock) Shift(t testing.TB, d time.Duration) {
+	t.Helper()
+	SetClockOffset(t, c.URL, d, c.Pool)
+}
+
+// Now reads the clock as Pool's connections see it.
+func (c Clock) Now(t testing.TB) time.Time {
+	t.Helper()
+	return Now(t, c.Pool)
+}
+
+// Now reads cache_now() through pool, in UTC.
+func Now(t testing.TB, pool *pgxpool.Pool) time.Time {
+	t.Helper()
+	var now time.Time
+	if err := pool.QueryRow(context.Background(), "SELECT cache_now()").Scan(&now); err != nil {
+		t.Fatalf("pgtest: read the database's clock: %v", err)
+	}
+	return now.UTC()
+}

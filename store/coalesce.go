@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// maxBatch bounds the calls one coalesced statement serves.
+const maxBatch = 256
+
+// coalescer serves calls of one kind that wait for a connection together.
+// Under load many calls for different keys wait for the pool at the same
+// moment; whichever gets a connection first takes every call of its kind
+// still waiting and serves them all with one statement, so the database
+// parses, plans, answers (and flushes its log) once where it did so for
+// each. Nothing waits to collect a batch: a call that finds a connection
+// at once serves only what queued meanwhile (usually nothing but itself),
+// with the statement it would run alone, so an idle server answers
+// exactly as before.
+type coalescer[A, R any] struct {
+	mu      sync.Mutex
+	waiting []*pending[A, R] // under mu
+	// batched counts calls served by a statement shared with others.
+	batched atomic.Int64
+}
+
+// batchOps are the two ways to serve calls of one kind.
+type batchOps[A, R any] struct {
+	// op names the operation in errors.
+	op string
+	// one serves a call alone, as it was served before coalescing.
+	one func(ctx context.Context, q querier, arg A) (R, error)
+	// many serves calls (at least two) with one statement on conn, setting
+	// each call's res or err; an error fails the statement as a whole.
+	many func(ctx context.Context, conn *pgxpool.Conn, calls []*pending[A, R]) error
+}
+
+// pending is one call waiting in a coalescer.
+type pending[A, R any] struct {
+	ctx         context.Context // the caller's, with the store's deadline
+	arg         A
+	stopAcquire context.CancelFunc // ends the caller's wait for a connection once taken
+	taken       bool               // under coalescer.mu: another caller serves it
+	done        chan struct{}      // closed when res, err and retry are set
+	res         R
+	err         error
+	retry       bool // the shared statement failed: serve it alone
+}
+
+// do serves arg, alone or with the calls that queued while the
+// connections were busy. ctx carries the store's deadline. Like every
+// single statement of the store (detach), the statement runs detached from
+// the caller's cancellation, on a goroutine that owns the connection, and
+// the caller is answered as soon as its own context ends.
+func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R], arg A) (R, error) {
+	var zero R
+	if err := tooLate(ctx); err != nil {
+		return zero, classify(ops.op, err)
+	}
+	acquireCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	call := &pending[A, R]{ctx: ctx, arg: arg, stopAcquire: stop, done: make(chan struct{})}
+	q.mu.Lock()
+	q.waiting = append(q.waiting, call)
+	q.mu.Unlock()
+
+	conn, err := s.acquire(acquireCtx)
+	q.mu.Lock()
+	if call.taken {
+		q.mu.Unlock()
+		if conn != nil {
+			conn.Release() // another caller's statement serves ours
+		}
+		return q.await(s, ops, call)
+	}
+	if i := slices.Index(q.waiting, call); i >= 0 {
+		q.waiting = slices.Delete(q.waiting, i, i+1)
+	}
+	if err != nil {
+		q.mu.Unlock()
+		return zero, classify(ops.op, classify("acquire connection", err))
+	}
+	batch := q.take(call)
+	q.mu.Unlock()
+
+	if len(batch) == 1 {
+		go func() {
+			defer conn.Release()
+			opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+			defer cancel()
+			call.res, call.err = ops.one(opCtx, conn, arg)
+			close(call.done)
+		}()
+		return q.await(s, ops, call)
+	}
+	for _, c := range batch[1:] {
+		c.stopAcquire()
+	}
+	q.batched.Add(int64(len(batch)))
+	go func() {
+		defer conn.Release()
+		q.serve(conn, ops, batch)
+	}()
+	return q.await(s, ops, call)
+}
+
+// await returns call's answer, or the caller's own cancellation or deadline
+// if that comes first (an answer that arrived just as the caller gave up is
+// kept, as detach keeps it).
+func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, R]) (R, error) {
+	var zero R
+	select {
+	case <-call.done:
+	case <-call.ctx.Done():
+		select {
+		case <-call.done:
+		default:
+			if cause := context.Cause(call.ctx); errors.Is(cause, errStoreDeadline) {
+				return zero, cause // the store's deadline, not the caller's: unavailable
+			}
+			return zero, classify(ops.op, call.ctx.Err())
+		}
+	}
+	if call.retry {
+		return ops.one(call.ctx, s.db, call.arg)
+	}
+	return call.res, call.err
+}
+
+// take returns a batch of first and up to maxBatch-1 of the calls still
+// waiting, oldest first, marking them taken. The caller holds mu.
+func (q *coalescer[A, R]) take(first *pending[A, R]) []*pending[A, R] {
+	n := min(len(q.waiting), maxBatch-1)
+	if n == 0 {
+		return []*pending[A, R]{first}
+	}
+	batch := make([]*pending[A, R], 0, n+1)
+	batch = append(batch, first)
+	for _, c := range q.waiting[:n] {
+		c.taken = true
+		batch = append(batch, c)
+	}
+	rest := copy(q.waiting, q.waiting[n:])
+	clear(q.waiting[rest:])
+	q.waiting = q.waiting[:rest]
+	return batch
+}
+
+// serve runs ops.many for batch on conn and answers each call. The statement
+// serves callers with different deadlines, so none of them may cancel it
+// for the others: it runs until the last deadline. If it fails as a whole
+// (a value PostgreSQL rejects, a lost connection), every call is served
+// again alone, so that each gets exactly the answer or error it would have
+// got without the others.
+func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R]) {
+	var deadline time.Time
+	for _, c := range batch {
+		if d, ok := c.ctx.Deadline(); ok && d.After(deadline) {
+			deadline = d
+		}
+	}
+	ctx := context.WithoutCancel(batch[0].ctx)
+	if !deadline.IsZero() { // the store always sets one; a caller without would wait for ever
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	err := ops.many(ctx, conn, batch)
+	for _, c := range batch {
+		if err != nil {
+			var zero R
+			c.res, c.err, c.retry = zero, nil, true
+		}
+		close(c.done)
+	}
+}

@@ -1,0 +1,151 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cacheservice/cacheservice/internal/pgtest"
+)
+
+// oneConnStore opens a store whose pool has a single connection, with
+// entries k0..k9 stored.
+func oneConnStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 1, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	for i := range 10 {
+		if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", fmt.Sprint("k", i)}, URI: fmt.Sprint("s3://b/", i)}, Replace{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// waitQueued waits, boundedly, until n Gets wait in s's queue.
+func waitQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		s.gets.mu.Lock()
+		queued := len(s.gets.waiting)
+		s.gets.mu.Unlock()
+		if queued == n {
+			return
+		}
+	}
+	t.Fatalf("%d Gets never queued", n)
+}
+
+// TestGetsThatQueuedShareOneStatement holds the pool's only connection
+// while 22 Gets queue (hits, misses, one key asked twice and one entry too
+// large to batch), then frees
+// it: whoever gets it serves all 21 in one statement, and each caller gets
+// its own answer.
+func TestGetsThatQueuedShareOneStatement(t *testing.T) {
+	t.Parallel()
+	s := oneConnStore(t)
+	big := bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
+	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"k0"}
+	for i := range 20 {
+		keys = append(keys, fmt.Sprint("k", i)) // k0 twice, k10..k19 missing
+	}
+	keys = append(keys, "big") // read by its caller alone, whole
+	got := make([]Entry, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	for i, k := range keys {
+		wg.Go(func() { got[i], errs[i] = s.GetEntry(t.Context(), ID{"o", "p", "d", k}) })
+	}
+	waitQueued(t, s, len(keys))
+	held.Release()
+	wg.Wait()
+	if last := len(keys) - 1; errs[last] != nil || !bytes.Equal(got[last].Inline, big) {
+		t.Errorf("Get of the large entry = %d bytes, %v; want all %d", len(got[last].Inline), errs[last], len(big))
+	}
+	keys = keys[:len(keys)-1]
+	for i, k := range keys {
+		var n int
+		if _, err := fmt.Sscanf(k, "k%d", &n); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case n < 10 && (errs[i] != nil || got[i].URI != fmt.Sprint("s3://b/", n) || got[i].ID.Key != k):
+			t.Errorf("Get %d (%s) = %+v, %v; want its entry", i, k, got[i], errs[i])
+		case n >= 10 && !errors.Is(errs[i], ErrNotFound):
+			t.Errorf("Get %d (%s): err = %v, want ErrNotFound", i, k, errs[i])
+		}
+	}
+	if n := s.gets.batched.Load(); n != int64(len(keys)+1) {
+		t.Errorf("%d Gets were served by a shared statement, want all %d", n, len(keys))
+	}
+}
+
+// TestBatchMemberFailuresStayTheirOwn serves one batch in which one caller
+// has cancelled, and another asks for a key PostgreSQL rejects (a NUL
+// byte), so that the statement fails as a whole: every other caller still
+// gets its answer, the cancelled one its cancellation, and the bad key
+// exactly the error it gets alone.
+func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
+	t.Parallel()
+	s := oneConnStore(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	bad := ID{"o", "p", "d", "k\x00"}
+	_, aloneErr := s.GetEntry(ctx, bad)
+	if aloneErr == nil || errors.Is(aloneErr, ErrNotFound) {
+		t.Fatalf("alone, the bad key gave %v; want PostgreSQL's refusal", aloneErr)
+	}
+
+	for _, withBad := range []bool{false, true} {
+		cancelled, cancelIt := context.WithTimeout(t.Context(), 30*time.Second)
+		cancelIt()
+		calls := []*pending[ID, Entry]{
+			{ctx: cancelled, arg: ID{"o", "p", "d", "k1"}}, // first: its context lends the statement its values
+			{ctx: ctx, arg: ID{"o", "p", "d", "k2"}},
+			{ctx: ctx, arg: ID{"o", "p", "d", "missing"}},
+		}
+		if withBad {
+			calls = append(calls, &pending[ID, Entry]{ctx: ctx, arg: bad})
+		}
+		for _, c := range calls {
+			c.done = make(chan struct{})
+		}
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.gets.serve(conn, getOps, calls)
+		conn.Release()
+
+		// Its answer arrived as it gave up: kept, as the store keeps it for
+		// any statement; or, when the batch failed, its cancellation.
+		if e, err := s.gets.await(s, getOps, calls[0]); !errors.Is(err, context.Canceled) && (err != nil || e.URI != "s3://b/1") {
+			t.Errorf("withBad=%v: cancelled caller got %+v, %v; want its entry or its cancellation", withBad, e, err)
+		}
+		if e, err := s.gets.await(s, getOps, calls[1]); err != nil || e.URI != "s3://b/2" {
+			t.Errorf("withBad=%v: k2 = %+v, %v; want its entry", withBad, e, err)
+		}
+		if _, err := s.gets.await(s, getOps, calls[2]); !errors.Is(err, ErrNotFound) {
+			t.Errorf("withBad=%v: missing key: err = %v, want ErrNotFound", withBad, err)
+		}
+		if withBad {
+			if _, err := s.gets.await(s, getOps, calls[3]); err == nil || err.Error() != aloneErr.Error() {
+				t.Errorf("bad key in a batch: err = %v, want %v as alone", err, aloneErr)
+			}
+		}
+	}
+}
