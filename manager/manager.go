@@ -128,32 +128,51 @@ func invalidArgument(field, format string, args ...any) error {
 // docs/ARCHITECTURE.md ("Errors") with a message safe for clients. Detail
 // that could leak SQL or connection strings goes to the log only.
 func (m *Manager) toConnectError(ctx context.Context, op string, err error) error {
+	code, message := errorOf(ctx, err)
 	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, errors.New("entry not found"))
-	case errors.Is(err, store.ErrConflict):
-		return connect.NewError(connect.CodeAlreadyExists,
-			errors.New("entry already exists; set overwrite, or max_age to replace an old one"))
-	case errors.Is(err, store.ErrTooLarge):
-		// Only the identity is unbounded in bytes: its limits are in characters.
-		return invalidArgument("key", "scope and key together are too large to index; use a shorter key")
-	case ctx.Err() != nil:
-		// The caller gave up or ran out of its own time; not the database's fault.
-		code := connect.CodeCanceled
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			code = connect.CodeDeadlineExceeded
-		}
-		return connect.NewError(code, errors.New("request ended before the database answered"))
-	case errors.Is(err, store.ErrLockTimeout):
+	case code == connect.CodeInternal:
+		m.logger.ErrorContext(ctx, "internal error", "op", op, "err", err)
+	case code == connect.CodeUnavailable && errors.Is(err, store.ErrLockTimeout):
 		// Another session holds the row: expected under contention or when
 		// something outside locks it; counted, not logged as trouble.
 		m.logger.DebugContext(ctx, "lock wait timed out", "op", op, "err", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("the key is busy: another request holds it; retry later"))
-	case errors.Is(err, store.ErrUnavailable):
+	case code == connect.CodeUnavailable:
 		m.logger.WarnContext(ctx, "database unavailable", "op", op, "err", err)
-		return connect.NewError(connect.CodeUnavailable, errors.New("database unavailable; retry later"))
+	}
+	return connect.NewError(code, errors.New(message))
+}
+
+// ErrorCode is the code a caller of the service sees for err, an error of
+// the store's, in a call whose context is ctx. The benchmark's raw-pgx
+// ceiling, which calls the store directly, counts its errors by it.
+func ErrorCode(ctx context.Context, err error) connect.Code {
+	code, _ := errorOf(ctx, err)
+	return code
+}
+
+// errorOf maps a store error to the code of the error table
+// (docs/ARCHITECTURE.md) and a message safe for clients: detail that could
+// leak SQL or connection strings stays in err, for the log.
+func errorOf(ctx context.Context, err error) (connect.Code, string) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return connect.CodeNotFound, "entry not found"
+	case errors.Is(err, store.ErrConflict):
+		return connect.CodeAlreadyExists, "entry already exists; set overwrite, or max_age to replace an old one"
+	case errors.Is(err, store.ErrTooLarge):
+		// Only the identity is unbounded in bytes: its limits are in characters.
+		return connect.CodeInvalidArgument, "key: scope and key together are too large to index; use a shorter key"
+	case ctx.Err() != nil:
+		// The caller gave up or ran out of its own time; not the database's fault.
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return connect.CodeDeadlineExceeded, "request ended before the database answered"
+		}
+		return connect.CodeCanceled, "request ended before the database answered"
+	case errors.Is(err, store.ErrLockTimeout):
+		return connect.CodeUnavailable, "the key is busy: another request holds it; retry later"
+	case errors.Is(err, store.ErrUnavailable):
+		return connect.CodeUnavailable, "database unavailable; retry later"
 	default:
-		m.logger.ErrorContext(ctx, "internal error", "op", op, "err", err)
-		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+		return connect.CodeInternal, "internal error"
 	}
 }

@@ -261,7 +261,11 @@ func measure(ctx context.Context, opts *options, stderr io.Writer) ([]bench.Resu
 		if db.url == "" {
 			return nil, info, errors.New("the pgx ceiling needs --database-url with --target")
 		}
-		ceiling, err = store.Open(ctx, store.Config{URL: db.url, MaxConns: int32(opts.env.dbMaxConns)})
+		// The server's own store settings (lock timeout included), on a
+		// pool as large as the server's.
+		cfg := store.DefaultConfig()
+		cfg.URL, cfg.MaxConns = db.url, int32(opts.env.dbMaxConns)
+		ceiling, err = store.Open(ctx, cfg)
 		if err != nil {
 			return nil, info, err
 		}

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
+	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/store"
 )
 
@@ -146,48 +146,42 @@ func idOf(key string) store.ID {
 
 func (d *ceilingDriver) Get(ctx context.Context, key string) error {
 	_, err := d.store.GetEntry(ctx, idOf(key))
-	return err
+	return asServiceError(ctx, err)
 }
 
 func (d *ceilingDriver) Put(ctx context.Context, key string, payload []byte, overwrite bool) error {
-	return d.store.PutEntry(ctx, store.Entry{ID: idOf(key), Inline: payload}, store.Replace{Always: overwrite})
+	err := d.store.PutEntry(ctx, store.Entry{ID: idOf(key), Inline: payload}, store.Replace{Always: overwrite})
+	return asServiceError(ctx, err)
 }
 
+// Claim runs the store's claim, as the manager does: the plain read, and
+// the locked pipeline only for a caller that may become or stay the owner.
 func (d *ceilingDriver) Claim(ctx context.Context, key, owner string) (string, error) {
-	claim := store.Claim{ID: idOf(key), OwnerID: owner, HeartbeatInterval: claimHeartbeat, Lease: 3 * claimHeartbeat}
-	var holder string
-	err := d.store.InTx(ctx, func(ctx context.Context, tx *store.Tx) error {
-		res, err := tx.ClaimReservation(ctx, claim)
-		holder = res.Current.OwnerID
-		return err
-	})
-	return holder, err
+	lease := time.Duration(float64(claimHeartbeat) * manager.DefaultConfig().GraceMultiplier)
+	res, err := d.store.ClaimReservation(ctx, store.Claim{ID: idOf(key), OwnerID: owner, HeartbeatInterval: claimHeartbeat, Lease: lease})
+	return res.Current.OwnerID, asServiceError(ctx, err)
 }
 
 func (d *ceilingDriver) Release(ctx context.Context, key, owner string) error {
 	_, err := d.store.ReleaseReservation(ctx, idOf(key), owner)
-	return err
+	return asServiceError(ctx, err)
 }
 
-// codeOf names the outcome of an operation as the service's error code
-// would, so that both sides of a comparison count errors alike.
+// asServiceError gives a store error the code the service would answer it
+// with (the manager's own mapping), so that both sides of a comparison count
+// errors alike.
+func asServiceError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	return connect.NewError(manager.ErrorCode(ctx, err), err)
+}
+
+// codeOf names the outcome of an operation by its Connect code: both the
+// RPC drivers' errors and the ceiling's (asServiceError) carry one.
 func codeOf(err error) string {
-	switch {
-	case err == nil:
+	if err == nil {
 		return ""
-	case errors.Is(err, store.ErrNotFound):
-		return connect.CodeNotFound.String()
-	case errors.Is(err, store.ErrConflict):
-		return connect.CodeAlreadyExists.String()
-	case errors.Is(err, store.ErrUnavailable):
-		return connect.CodeUnavailable.String()
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.CodeDeadlineExceeded.String()
-	case errors.Is(err, context.Canceled):
-		return connect.CodeCanceled.String()
 	}
-	if code := connect.CodeOf(err); code != connect.CodeUnknown {
-		return code.String()
-	}
-	return "unknown"
+	return connect.CodeOf(err).String()
 }
