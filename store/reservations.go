@@ -110,7 +110,7 @@ func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, boo
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		r, d, err := claimUnlockedOn(ctx, conn, c)
 		if err == nil && r.Created && caller.Err() != nil {
-			giveBack(ctx, conn, c)
+			giveBack(ctx, conn, c, r.Current.ExpiresAt)
 			return caller.Err()
 		}
 		res, decided = r, d
@@ -132,11 +132,16 @@ type execer interface {
 // pipeline undoes its grant instead): nobody would learn it owns the key,
 // and the key would wait out a lease that nobody holds. Best effort: if it
 // fails, the lease expires.
-func giveBack(ctx context.Context, conn execer, c Claim) {
+//
+// It deletes only the lease this claim granted (expiresAt, as the database
+// wrote it): the same owner's retry may have extended it meanwhile, and
+// that lease belongs to a caller still waiting for its answer. Deleting it
+// would let a third claimant take the key while that caller owns it.
+func giveBack(ctx context.Context, conn execer, c Claim, expiresAt time.Time) {
 	_, _ = conn.Exec(ctx, `
 		DELETE FROM reservations
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5`,
-		c.ID.Org, c.ID.Project, c.ID.Domain, c.ID.Key, c.OwnerID)
+		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND owner_id = $5 AND expires_at = $6`,
+		c.ID.Org, c.ID.Project, c.ID.Domain, c.ID.Key, c.OwnerID, expiresAt)
 }
 
 // claimUnlockedOn sends claimUnlocked's pipeline on conn.
@@ -232,7 +237,7 @@ func (t *Tx) claimLocked(ctx, caller context.Context, c Claim) (_ ClaimResult, e
 	}
 	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
 	if res.Granted && res.Previous.OwnerID != c.OwnerID && caller.Err() != nil {
-		giveBack(ctx, t.conn, c) // a takeover nobody will hear of
+		giveBack(ctx, t.conn, c, res.Current.ExpiresAt) // a takeover nobody will hear of
 	}
 	return res, nil
 }
