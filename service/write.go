@@ -119,12 +119,17 @@ func (l *responseLimits) handler(h http.Handler) http.Handler {
 // fit: refusing at once, rather than waiting, frees the message now, so
 // that past the budget memory does not grow with the number of slow
 // readers. Errors are small and always go out.
+//
+// Only reads (NO_SIDE_EFFECTS, the Gets that carry outputs) are held to the
+// budget: a write's response is a few bytes, and refusing it after the
+// write committed would tell the caller a stored Put, a granted reservation
+// or a done Delete had failed, and its retry would then get another answer.
 func (l *responseLimits) interceptor() connect.UnaryInterceptorFunc {
 	return func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			res, err := next(ctx, req)
 			held, _ := ctx.Value(holdKey{}).(*hold)
-			if err != nil || res == nil || held == nil {
+			if err != nil || res == nil || held == nil || req.Spec().IdempotencyLevel != connect.IdempotencyNoSideEffects {
 				return res, err
 			}
 			msg, ok := res.Any().(proto.Message)
