@@ -105,7 +105,7 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	q.batched.Add(int64(len(batch)))
 	go func() {
 		defer conn.Release()
-		q.serve(conn, ops, batch)
+		q.serve(conn, ops, batch, s.timeout)
 	}()
 	return q.await(s, ops, call)
 }
@@ -153,24 +153,18 @@ func (q *coalescer[A, R]) take(first *pending[A, R]) []*pending[A, R] {
 }
 
 // serve runs ops.many for batch on conn and answers each call. The statement
-// serves callers with different deadlines, so none of them may cancel it
-// for the others: it runs until the last deadline. If it fails as a whole
-// (a value PostgreSQL rejects, a lost connection), every call is served
-// again alone, so that each gets exactly the answer or error it would have
-// got without the others.
-func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R]) {
-	var deadline time.Time
-	for _, c := range batch {
-		if d, ok := c.ctx.Deadline(); ok && d.After(deadline) {
-			deadline = d
-		}
-	}
-	ctx := context.WithoutCancel(batch[0].ctx)
-	if !deadline.IsZero() { // the store always sets one; a caller without would wait for ever
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+// serves callers with different deadlines, so none of them may end it for
+// the others: like the single-call path (and every statement of the store,
+// detach), it runs detached from all of them under the store's own
+// deadline. A caller's deadline passing mid-statement would otherwise make
+// pgx close the connection, and a client's short deadline would cost a
+// PostgreSQL connection again. If it fails as a whole (a value PostgreSQL
+// rejects, a lost connection), every call is served again alone, so that
+// each gets exactly the answer or error it would have got without the
+// others.
+func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R], timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), timeout)
+	defer cancel()
 	err := ops.many(ctx, conn, batch)
 	for _, c := range batch {
 		if err != nil {
