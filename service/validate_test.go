@@ -5,17 +5,19 @@ import (
 	"strings"
 	"testing"
 
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	flytecache "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
+	flytecachev2 "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2"
 )
 
-// TestIdentityRuleIsTheStandardRules checks the shared identity rule (see
-// proto/cacheservice/v1/rules.proto) against what the standard min_len,
-// max_len and pattern rules it replaced answered: the same verdict, rule id
-// and message for every field that uses it. Lengths are in characters.
-func TestIdentityRuleIsTheStandardRules(t *testing.T) {
+// TestIdentityRules checks what the identity fields' rules answer: the
+// verdict, rule id and message clients see. Lengths are in characters.
+func TestIdentityRules(t *testing.T) {
 	t.Parallel()
 	sc := func() *cachev1.Scope { return &cachev1.Scope{Org: "o", Project: "p", Domain: "d"} }
 	type violation struct{ field, rule, message string }
@@ -70,5 +72,44 @@ func TestIdentityRuleIsTheStandardRules(t *testing.T) {
 				t.Errorf("%s: violation %v, want %v", tt.name, got[i], tt.want[i])
 			}
 		}
+	}
+}
+
+// identityFields are the fields that name an entry or an owner, in both
+// APIs; TestIdentityFieldsShareOneRule holds their rules equal.
+var identityFields = map[protoreflect.Name]uint64{"org": 255, "project": 255, "domain": 255, "key": 1024, "owner_id": 1024}
+
+// TestIdentityFieldsShareOneRule checks that every identity field of every
+// request of both APIs carries the same rules (see Scope in cache.proto):
+// they are written out in each field, so a new field or an edit of one
+// could drift from the others. Fields of responses may go without rules.
+func TestIdentityFieldsShareOneRule(t *testing.T) {
+	t.Parallel()
+	checked := 0
+	for _, file := range []protoreflect.FileDescriptor{cachev1.File_cacheservice_v1_cache_proto,
+		flytecache.File_flyteidl2_cacheservice_cacheservice_proto, flytecachev2.File_flyteidl2_cacheservice_v2_cacheservice_proto} {
+		msgs := file.Messages()
+		for i := range msgs.Len() {
+			fields := msgs.Get(i).Fields()
+			for j := range fields.Len() {
+				f := fields.Get(j)
+				limit, ok := identityFields[f.Name()]
+				if !ok || f.Kind() != protoreflect.StringKind {
+					continue
+				}
+				rules, _ := proto.GetExtension(f.Options(), validate.E_Field).(*validate.FieldRules)
+				if rules == nil && !strings.HasSuffix(string(msgs.Get(i).Name()), "Request") {
+					continue // a response's field: the server wrote it
+				}
+				s := rules.GetString()
+				if s.GetMinLen() != 1 || s.GetMaxLen() != limit || s.GetPattern() != `^\P{Cc}*$` {
+					t.Errorf("%s: rules %v, want min_len 1, max_len %d, pattern ^\\P{Cc}*$", f.FullName(), s, limit)
+				}
+				checked++
+			}
+		}
+	}
+	if checked < 15 {
+		t.Fatalf("checked %d identity fields; the proto files have more", checked)
 	}
 }

@@ -609,8 +609,7 @@ func TestFlyteBadRequestsNameTheField(t *testing.T) {
 		{"no org", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Org = "" }, "identifier.org"},
 		{"no base_request", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest = nil }, "base_request"},
 		{"empty key", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Key = "" }, "base_request.key"},
-		// The shared identity rule (cacheservice.v1.identity), with the
-		// standard rules' ids and messages.
+		// The identity rules every scope part, key and owner id carries.
 		{"long key", func(r *flytecachev2.PutCacheRequest) { r.BaseRequest.Key = strings.Repeat("k", 1025) }, "base_request.key: must be at most 1024 characters"},
 		{"control character in project", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Project = "p\x01" }, "identifier.project: does not match regex pattern"},
 		{"long domain", func(r *flytecachev2.PutCacheRequest) { r.Identifier.Domain = strings.Repeat("d", 256) }, "identifier.domain: must be at most 255 characters"},

@@ -25,6 +25,14 @@ const (
 )
 
 // Scope is the namespace of a key; it is part of the entry's identity.
+//
+// Every part of an identity (org, project, domain, key) and every owner id
+// carries the same rules: at least one character, at most a limit, and no
+// control characters (PostgreSQL text cannot hold NUL; they would corrupt
+// logs and tools). They are written out as standard rules, not as one
+// predefined rule, because protovalidate checks standard string rules in Go
+// and predefined ones in CEL, which cost a tenth of the server's CPU per
+// call (docs/BENCHMARKS.md); service/validate_test.go holds them equal.
 type Scope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// org owns the project.
@@ -936,11 +944,11 @@ var File_cacheservice_v1_cache_proto protoreflect.FileDescriptor
 
 const file_cacheservice_v1_cache_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcacheservice/v1/cache.proto\x12\x0fcacheservice.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1bcacheservice/v1/rules.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n" +
-	"\x05Scope\x12\x1b\n" +
-	"\x03org\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\x03org\x12#\n" +
-	"\aproject\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\aproject\x12!\n" +
-	"\x06domain\x18\x03 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\x06domain\"`\n" +
+	"\x1bcacheservice/v1/cache.proto\x12\x0fcacheservice.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
+	"\x05Scope\x12'\n" +
+	"\x03org\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x03org\x12/\n" +
+	"\aproject\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\aproject\x12-\n" +
+	"\x06domain\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x06domain\"`\n" +
 	"\x06Source\x12'\n" +
 	"\x04name\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e\x18\x80\b2\t^\\P{Cc}*$R\x04name\x12-\n" +
 	"\aversion\x18\x02 \x01(\tB\x13\xbaH\x10r\x0e\x18\x80\b2\t^\\P{Cc}*$R\aversion\"\xdc\x02\n" +
@@ -963,36 +971,36 @@ const file_cacheservice_v1_cache_proto_rawDesc = "" +
 	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12H\n" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"_\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"k\n" +
 	"\n" +
 	"GetRequest\x124\n" +
-	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12\x1b\n" +
-	"\x03key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\"D\n" +
+	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12'\n" +
+	"\x03key\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\"D\n" +
 	"\vGetResponse\x125\n" +
-	"\x06output\x18\x01 \x01(\v2\x1d.cacheservice.v1.CachedOutputR\x06output\"\xfa\x01\n" +
+	"\x06output\x18\x01 \x01(\v2\x1d.cacheservice.v1.CachedOutputR\x06output\"\x86\x02\n" +
 	"\n" +
 	"PutRequest\x124\n" +
-	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12\x1b\n" +
-	"\x03key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12=\n" +
+	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12'\n" +
+	"\x03key\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x12=\n" +
 	"\x06output\x18\x03 \x01(\v2\x1d.cacheservice.v1.CachedOutputB\x06\xbaH\x03\xc8\x01\x01R\x06output\x12\x1c\n" +
 	"\toverwrite\x18\x04 \x01(\bR\toverwrite\x12<\n" +
 	"\amax_age\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x02*\x00R\x06maxAge\"\r\n" +
-	"\vPutResponse\"b\n" +
+	"\vPutResponse\"n\n" +
 	"\rDeleteRequest\x124\n" +
-	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12\x1b\n" +
-	"\x03key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\"\x10\n" +
-	"\x0eDeleteResponse\"\xec\x01\n" +
+	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12'\n" +
+	"\x03key\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\"\x10\n" +
+	"\x0eDeleteResponse\"\x84\x02\n" +
 	"\x1dGetOrExtendReservationRequest\x124\n" +
-	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12\x1b\n" +
-	"\x03key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12$\n" +
-	"\bowner_id\x18\x03 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\aownerId\x12R\n" +
+	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12'\n" +
+	"\x03key\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x120\n" +
+	"\bowner_id\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\aownerId\x12R\n" +
 	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x02*\x00R\x11heartbeatInterval\"`\n" +
 	"\x1eGetOrExtendReservationResponse\x12>\n" +
-	"\vreservation\x18\x01 \x01(\v2\x1c.cacheservice.v1.ReservationR\vreservation\"\x94\x01\n" +
+	"\vreservation\x18\x01 \x01(\v2\x1c.cacheservice.v1.ReservationR\vreservation\"\xac\x01\n" +
 	"\x19ReleaseReservationRequest\x124\n" +
-	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12\x1b\n" +
-	"\x03key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12$\n" +
-	"\bowner_id\x18\x03 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\aownerId\"\x1c\n" +
+	"\x05scope\x18\x01 \x01(\v2\x16.cacheservice.v1.ScopeB\x06\xbaH\x03\xc8\x01\x01R\x05scope\x12'\n" +
+	"\x03key\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x120\n" +
+	"\bowner_id\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\aownerId\"\x1c\n" +
 	"\x1aReleaseReservationResponse2\xda\x03\n" +
 	"\fCacheService\x12E\n" +
 	"\x03Get\x12\x1b.cacheservice.v1.GetRequest\x1a\x1c.cacheservice.v1.GetResponse\"\x03\x90\x02\x01\x12B\n" +
@@ -1074,7 +1082,6 @@ func file_cacheservice_v1_cache_proto_init() {
 	if File_cacheservice_v1_cache_proto != nil {
 		return
 	}
-	file_cacheservice_v1_rules_proto_init()
 	file_cacheservice_v1_cache_proto_msgTypes[3].OneofWrappers = []any{
 		(*CachedOutput_Uri)(nil),
 		(*CachedOutput_Inline)(nil),

@@ -17,7 +17,6 @@ package flytecache
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
-	_ "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	core "github.com/cacheservice/cacheservice/gen/flyteidl2/core"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -888,7 +887,7 @@ var File_flyteidl2_cacheservice_cacheservice_proto protoreflect.FileDescriptor
 
 const file_flyteidl2_cacheservice_cacheservice_proto_rawDesc = "" +
 	"\n" +
-	")flyteidl2/cacheservice/cacheservice.proto\x12\x16flyteidl2.cacheservice\x1a\x1bbuf/validate/validate.proto\x1a\x1bcacheservice/v1/rules.proto\x1a\x1fflyteidl2/core/identifier.proto\x1a\x1dflyteidl2/core/literals.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n" +
+	")flyteidl2/cacheservice/cacheservice.proto\x12\x16flyteidl2.cacheservice\x1a\x1bbuf/validate/validate.proto\x1a\x1fflyteidl2/core/identifier.proto\x1a\x1dflyteidl2/core/literals.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n" +
 	"\x0eKeyMapMetadata\x12r\n" +
 	"\x06values\x18\x01 \x03(\v22.flyteidl2.cacheservice.KeyMapMetadata.ValuesEntryB&\xbaH#\x9a\x01 \x10@\"\x11r\x0f\x10\x01\x18?2\t^\\P{Cc}*$*\tr\a\x18\x80\b\xba\x01\x01\x00R\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
@@ -905,39 +904,39 @@ const file_flyteidl2_cacheservice_cacheservice_proto_rawDesc = "" +
 	"\n" +
 	"output_uri\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80 2\t^\\P{Cc}*$H\x00R\toutputUri\x12D\n" +
 	"\bmetadata\x18\x03 \x01(\v2 .flyteidl2.cacheservice.MetadataB\x06\xbaH\x03\xc8\x01\x01R\bmetadataB\x0f\n" +
-	"\x06output\x12\x05\xbaH\x02\b\x01\".\n" +
-	"\x0fGetCacheRequest\x12\x1b\n" +
-	"\x03key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\"P\n" +
+	"\x06output\x12\x05\xbaH\x02\b\x01\":\n" +
+	"\x0fGetCacheRequest\x12'\n" +
+	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\"P\n" +
 	"\x10GetCacheResponse\x12<\n" +
 	"\x06output\x18\x01 \x01(\v2$.flyteidl2.cacheservice.CachedOutputR\x06output\"\x97\x01\n" +
 	"\x0fOverwriteOutput\x12\x1c\n" +
 	"\toverwrite\x18\x01 \x01(\bR\toverwrite\x12(\n" +
 	"\vdelete_blob\x18\x02 \x01(\bB\a\xbaH\x04j\x02\b\x00R\n" +
 	"deleteBlob\x12<\n" +
-	"\amax_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x06maxAge\"\xbb\x01\n" +
-	"\x0fPutCacheRequest\x12\x1b\n" +
-	"\x03key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12D\n" +
+	"\amax_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x06maxAge\"\xc7\x01\n" +
+	"\x0fPutCacheRequest\x12'\n" +
+	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x12D\n" +
 	"\x06output\x18\x02 \x01(\v2$.flyteidl2.cacheservice.CachedOutputB\x06\xbaH\x03\xc8\x01\x01R\x06output\x12E\n" +
 	"\toverwrite\x18\x03 \x01(\v2'.flyteidl2.cacheservice.OverwriteOutputR\toverwrite\"\x12\n" +
-	"\x10PutCacheResponse\"1\n" +
-	"\x12DeleteCacheRequest\x12\x1b\n" +
-	"\x03key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\"\x15\n" +
+	"\x10PutCacheResponse\"=\n" +
+	"\x12DeleteCacheRequest\x12'\n" +
+	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\"\x15\n" +
 	"\x13DeleteCacheResponse\"\xbf\x01\n" +
 	"\vReservation\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\bowner_id\x18\x02 \x01(\tR\aownerId\x12H\n" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xb6\x01\n" +
-	"\x1dGetOrExtendReservationRequest\x12\x1b\n" +
-	"\x03key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12$\n" +
-	"\bowner_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\aownerId\x12R\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xce\x01\n" +
+	"\x1dGetOrExtendReservationRequest\x12'\n" +
+	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x120\n" +
+	"\bowner_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\aownerId\x12R\n" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\b\xbaH\x05\xaa\x01\x022\x00R\x11heartbeatInterval\"g\n" +
 	"\x1eGetOrExtendReservationResponse\x12E\n" +
-	"\vreservation\x18\x01 \x01(\v2#.flyteidl2.cacheservice.ReservationR\vreservation\"^\n" +
-	"\x19ReleaseReservationRequest\x12\x1b\n" +
-	"\x03key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\x03key\x12$\n" +
-	"\bowner_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\x80\bR\aownerId\"\x1c\n" +
+	"\vreservation\x18\x01 \x01(\v2#.flyteidl2.cacheservice.ReservationR\vreservation\"v\n" +
+	"\x19ReleaseReservationRequest\x12'\n" +
+	"\x03key\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\x03key\x120\n" +
+	"\bowner_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\b2\t^\\P{Cc}*$R\aownerId\"\x1c\n" +
 	"\x1aReleaseReservationResponseBLZJgithub.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice;flytecacheb\x06proto3"
 
 var (

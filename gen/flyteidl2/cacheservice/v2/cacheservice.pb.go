@@ -17,7 +17,6 @@ package flytecachev2
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
-	_ "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	cacheservice "github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -377,12 +376,12 @@ var File_flyteidl2_cacheservice_v2_cacheservice_proto protoreflect.FileDescripto
 
 const file_flyteidl2_cacheservice_v2_cacheservice_proto_rawDesc = "" +
 	"\n" +
-	",flyteidl2/cacheservice/v2/cacheservice.proto\x12\x19flyteidl2.cacheservice.v2\x1a\x1bbuf/validate/validate.proto\x1a\x1bcacheservice/v1/rules.proto\x1a)flyteidl2/cacheservice/cacheservice.proto\"q\n" +
+	",flyteidl2/cacheservice/v2/cacheservice.proto\x12\x19flyteidl2.cacheservice.v2\x1a\x1bbuf/validate/validate.proto\x1a)flyteidl2/cacheservice/cacheservice.proto\"\x95\x01\n" +
 	"\n" +
-	"Identifier\x12\x1b\n" +
-	"\x03org\x18\x01 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\x03org\x12#\n" +
-	"\aproject\x18\x02 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\aproject\x12!\n" +
-	"\x06domain\x18\x03 \x01(\tB\t\xbaH\x06r\x04\xc0H\xff\x01R\x06domain\"\xb4\x01\n" +
+	"Identifier\x12'\n" +
+	"\x03org\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x03org\x12/\n" +
+	"\aproject\x18\x02 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\aproject\x12-\n" +
+	"\x06domain\x18\x03 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\xff\x012\t^\\P{Cc}*$R\x06domain\"\xb4\x01\n" +
 	"\x0fGetCacheRequest\x12R\n" +
 	"\fbase_request\x18\x01 \x01(\v2'.flyteidl2.cacheservice.GetCacheRequestB\x06\xbaH\x03\xc8\x01\x01R\vbaseRequest\x12M\n" +
 	"\n" +
