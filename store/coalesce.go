@@ -56,7 +56,8 @@ type pending[A, R any] struct {
 // do serves arg, alone or with the calls that queued while the
 // connections were busy. ctx carries the store's deadline. Like every
 // single statement of the store (detach), the statement runs detached from
-// the caller's cancellation, on a goroutine that owns the connection, and
+// the caller's cancellation: on the caller's goroutine when the store's
+// deadline comes first, else on a goroutine that owns the connection, and
 // the caller is answered as soon as its own context ends.
 func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R], arg A) (R, error) {
 	var zero R
@@ -89,23 +90,22 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	batch := q.take(call)
 	q.mu.Unlock()
 
-	if len(batch) == 1 {
-		go func() {
-			defer conn.Release()
-			opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
-			defer cancel()
-			call.res, call.err = ops.one(opCtx, conn, arg)
-			close(call.done)
-		}()
-		return q.await(s, ops, call)
-	}
 	for _, c := range batch[1:] {
 		c.stopAcquire()
 	}
-	q.batched.Add(int64(len(batch)))
+	if len(batch) > 1 {
+		q.batched.Add(int64(len(batch)))
+	}
+	if d, ok := ctx.Deadline(); ok && s.runsHere(ctx) {
+		// As detach does when the store's deadline comes first: the
+		// statement runs here, and ends by that deadline.
+		q.serve(conn, ops, batch, d)
+		conn.Release()
+		return q.await(s, ops, call)
+	}
 	go func() {
 		defer conn.Release()
-		q.serve(conn, ops, batch, s.timeout)
+		q.serve(conn, ops, batch, time.Now().Add(s.timeout))
 	}()
 	return q.await(s, ops, call)
 }
@@ -152,7 +152,8 @@ func (q *coalescer[A, R]) take(first *pending[A, R]) []*pending[A, R] {
 	return batch
 }
 
-// serve runs ops.many for batch on conn and answers each call. The statement
+// serve runs ops.many for batch on conn (ops.one for a batch of one) and
+// answers each call by deadline, the store's. The statement
 // serves callers with different deadlines, so none of them may end it for
 // the others: like the single-call path (and every statement of the store,
 // detach), it runs detached from all of them under the store's own
@@ -162,9 +163,15 @@ func (q *coalescer[A, R]) take(first *pending[A, R]) []*pending[A, R] {
 // rejects, a lost connection), every call is served again alone, so that
 // each gets exactly the answer or error it would have got without the
 // others.
-func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R], timeout time.Duration) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), timeout)
+func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R], deadline time.Time) {
+	ctx, cancel := context.WithDeadlineCause(context.WithoutCancel(batch[0].ctx), deadline, errStoreDeadline)
 	defer cancel()
+	if len(batch) == 1 {
+		c := batch[0]
+		c.res, c.err = ops.one(ctx, conn, c.arg)
+		close(c.done)
+		return
+	}
 	err := ops.many(ctx, conn, batch)
 	for _, c := range batch {
 		if err != nil {

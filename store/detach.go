@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,10 +62,16 @@ type detachedRow struct {
 	args []any
 }
 
-// Scan scans into fresh values and copies them to dest only on success, so a
-// statement that finishes after its caller gave up writes nothing the caller
-// can still see.
+// Scan scans into dest. On a goroutine of its own (see detach) it scans
+// into fresh values and copies them to dest only on success, so a
+// statement that finishes after its caller gave up writes nothing the
+// caller can still see.
 func (r detachedRow) Scan(dest ...any) error {
+	if r.s.runsHere(r.ctx) {
+		return r.s.runHere(r.ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+			return conn.QueryRow(ctx, r.sql, r.args...).Scan(dest...)
+		})
+	}
 	tmp := make([]any, len(dest))
 	for i, d := range dest {
 		tmp[i] = reflect.New(reflect.TypeOf(d).Elem()).Interface()
@@ -80,6 +88,14 @@ func (r detachedRow) Scan(dest ...any) error {
 	return nil
 }
 
+// bounded is a caller's context under the store's deadline (Store.deadline).
+// It remembers whether the caller's own deadline comes first, which decides
+// where detach runs a statement.
+type bounded struct {
+	context.Context
+	callerFirst bool
+}
+
 // detach runs op on a pooled connection, detached from the caller's
 // cancellation but under the store's own deadline (--db-timeout).
 //
@@ -87,10 +103,21 @@ func (r detachedRow) Scan(dest ...any) error {
 // connection to interrupt it, and the pool dials (a fork and an
 // authentication on the server) a new one. Clients choose their deadlines,
 // so they would choose that rate. Instead op runs to its end, or to the
-// store's deadline, in a goroutine that owns the connection and returns it
-// to the pool; the caller is answered as soon as its context ends, with that
-// context's error. A detached statement therefore never outlives the store's
-// deadline, and holds its connection at most that long.
+// store's deadline, and the connection goes back to the pool. A detached
+// statement therefore never outlives the store's deadline, and holds its
+// connection at most that long.
+//
+// Where op runs depends on which deadline comes first. When it is the
+// store's (the caller has none, or a later one: the usual case), op runs on
+// the caller's goroutine: it ends by the store's deadline, before the
+// caller's, so nothing is gained by answering sooner. A caller that is
+// cancelled meanwhile (its client went away) is answered when op ends,
+// which no one is waiting for; op's own checks of callerGone see it.
+// When the caller's deadline comes first, op runs on a goroutine that owns
+// the connection and returns it to the pool, and the caller is answered as
+// soon as its context ends, with that context's error. The two hand over
+// the answer once (handoff): op either delivers it, or learns that the
+// caller has left and undoes what nobody will hear of (callerGone).
 //
 // A caller whose deadline leaves less than MinDeadline never reaches the
 // pool (see MinDeadline). Nor does one that gives up while it waits for a
@@ -101,11 +128,12 @@ func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *p
 	if err := tooLate(ctx); err != nil {
 		return err
 	}
-	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
-	if ctx.Done() == nil { // nothing can cancel the caller: no goroutine needed
-		defer cancel()
-		return s.withConn(opCtx, opCtx, op)
+	if s.runsHere(ctx) {
+		return s.runHere(ctx, op)
 	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	h := &handoff{}
+	opCtx = context.WithValue(opCtx, handoffKey{}, h)
 	// The checkout ends with the caller or with the store's deadline.
 	acquireCtx, stopAcquire := context.WithCancel(opCtx)
 	stopAfter := context.AfterFunc(ctx, stopAcquire)
@@ -114,7 +142,9 @@ func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *p
 		defer cancel()
 		defer stopAcquire()
 		defer stopAfter()
-		done <- s.withConn(acquireCtx, opCtx, op)
+		err := s.withConn(acquireCtx, opCtx, op)
+		h.deliver() // op said nothing: its answer is delivered if the caller is still there
+		done <- err
 	}()
 	select {
 	case err := <-done:
@@ -123,15 +153,84 @@ func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *p
 		}
 		return err
 	case <-ctx.Done():
-		select {
-		case err := <-done: // finished just as the caller gave up: keep the answer
-			if !errors.Is(err, errLeftInQueue) {
+		if !h.leave() {
+			// op already promised its answer: it is on its way.
+			if err := <-done; !errors.Is(err, errLeftInQueue) {
 				return err
 			}
-		default:
 		}
 		return gaveUp(ctx)
 	}
+}
+
+// runsHere reports whether detach runs a statement for ctx on the caller's
+// goroutine: when the store's deadline comes first, or nothing can end the
+// caller's wait at all.
+func (s *Store) runsHere(ctx context.Context) bool {
+	if ctx.Done() == nil {
+		return true
+	}
+	b, ok := ctx.(*bounded)
+	return ok && !b.callerFirst
+}
+
+// runHere is detach on the caller's goroutine: the checkout ends with the
+// caller (or the store's deadline), and op runs detached from the caller's
+// cancellation, under the store's deadline, to its end.
+func (s *Store) runHere(ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
+	conn, err := s.acquire(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return gaveUp(ctx)
+		}
+		return classify("acquire connection", err)
+	}
+	defer conn.Release()
+	opCtx := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		opCtx, cancel = context.WithDeadlineCause(opCtx, d, errStoreDeadline)
+		defer cancel()
+	}
+	return op(opCtx, conn)
+}
+
+// handoff settles, once, whether a detached op's answer reaches its caller
+// or the caller has left without it. Without it a grant committed just as
+// the caller's deadline passed could be answered with the deadline, never
+// given back, and leave the key to wait out a lease nobody holds.
+type handoff struct{ state atomic.Int32 } // 0 open, 1 delivered, 2 left
+
+type handoffKey struct{}
+
+// deliver promises op's answer to the caller, unless the caller has left;
+// it reports whether the answer will be received.
+func (h *handoff) deliver() bool {
+	h.state.CompareAndSwap(0, 1)
+	return h.state.Load() == 1
+}
+
+// leave records that the caller stops waiting, unless op promised its
+// answer already; it reports whether the caller left.
+func (h *handoff) leave() bool {
+	h.state.CompareAndSwap(0, 2)
+	return h.state.Load() == 2
+}
+
+// callerGone returns, inside a detached op (ctx is op's), the error of a
+// caller that will never receive op's answer, or nil: when it is not nil,
+// op should undo what it did for the caller alone. On a goroutine of its
+// own, op's answer is promised to the caller if the caller is still there
+// (handoff), and from then on callerGone is nil; on the caller's
+// goroutine, it is the caller's context's error.
+func callerGone(ctx, caller context.Context) error {
+	if h, ok := ctx.Value(handoffKey{}).(*handoff); ok {
+		if h.deliver() {
+			return nil
+		}
+		return cmp.Or(caller.Err(), context.Canceled)
+	}
+	return caller.Err()
 }
 
 // gaveUp is the answer to a caller whose context ended before its call did.

@@ -128,7 +128,7 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.gets.serve(conn, getOps, calls, s.timeout)
+		s.gets.serve(conn, getOps, calls, time.Now().Add(s.timeout))
 		conn.Release()
 
 		// Its answer arrived as it gave up: kept, as the store keeps it for

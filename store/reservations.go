@@ -109,9 +109,11 @@ func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, boo
 	var decided bool
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		r, d, err := claimUnlockedOn(ctx, conn, c)
-		if err == nil && r.Created && caller.Err() != nil {
-			giveBack(ctx, conn, c, r.Current.ExpiresAt)
-			return caller.Err()
+		if err == nil && r.Created {
+			if gone := callerGone(ctx, caller); gone != nil {
+				giveBack(ctx, conn, c, r.Current.ExpiresAt)
+				return gone
+			}
 		}
 		res, decided = r, d
 		return err
@@ -236,7 +238,7 @@ func (t *Tx) claimLocked(ctx, caller context.Context, c Claim) (_ ClaimResult, e
 		return ClaimResult{}, classify("commit", err)
 	}
 	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
-	if res.Granted && res.Previous.OwnerID != c.OwnerID && caller.Err() != nil {
+	if res.Granted && res.Previous.OwnerID != c.OwnerID && callerGone(ctx, caller) != nil {
 		giveBack(ctx, t.conn, c, res.Current.ExpiresAt) // a takeover nobody will hear of
 	}
 	return res, nil

@@ -226,9 +226,15 @@ func (s *Store) CheckClock(ctx context.Context) error {
 var errStoreDeadline = fmt.Errorf("%w: the database did not answer within the store's deadline", ErrUnavailable)
 
 // deadline bounds one database call so that a frozen database cannot hang a
-// request, whatever deadline (if any) the caller brought.
+// request, whatever deadline (if any) the caller brought. The context
+// remembers which of the two comes first (see detach).
 func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(ctx, s.timeout, errStoreDeadline)
+	own := time.Now().Add(s.timeout)
+	d, ok := ctx.Deadline()
+	bounded := &bounded{callerFirst: ok && d.Before(own)}
+	var cancel context.CancelFunc
+	bounded.Context, cancel = context.WithDeadlineCause(ctx, own, errStoreDeadline)
+	return bounded, cancel
 }
 
 // classify turns a pgx error into one of the package's sentinels, wrapped

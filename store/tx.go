@@ -33,10 +33,11 @@ type Tx struct {
 // its locks are held until it returns.
 //
 // The transaction is detached from the caller's cancellation (see detach):
-// a caller that gives up is answered at once, while the transaction runs on
-// to its end in the background, within the store's deadline, and keeps its
-// connection. If the caller has gone by the time fn returns, the
-// transaction rolls back instead of committing: nobody will see its answer.
+// it runs on to its end within the store's deadline and keeps its
+// connection, and a caller whose own deadline comes first is answered at
+// that deadline. If the caller has gone by the time fn returns
+// (callerGone), the transaction rolls back instead of committing: nobody
+// will see its answer.
 func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
 	caller := ctx
 	ctx, cancel := s.deadline(ctx)
@@ -47,7 +48,7 @@ func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) e
 			tx.rollback(ctx)
 			return classify("transaction", err)
 		}
-		if err := caller.Err(); err != nil {
+		if err := callerGone(ctx, caller); err != nil {
 			tx.rollback(ctx)
 			return fmt.Errorf("transaction: %w", err)
 		}

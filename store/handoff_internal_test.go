@@ -1,0 +1,139 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cacheservice/cacheservice/internal/pgtest"
+)
+
+// detachStore opens a store with a short deadline of its own, so that
+// callers can bring deadlines on either side of it.
+func detachStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 2, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// TestPromisedAnswerReachesACallerPastItsDeadline replays the interleaving
+// that orphaned a grant: the caller's deadline (before the store's, so the
+// statement runs on a goroutine of its own) passes after the statement
+// decided that its caller was still there (callerGone, which claims call
+// before giving back what they granted) but before it handed its answer
+// over. The caller must get that answer, not its deadline: it is the only
+// one who will learn the grant.
+func TestPromisedAnswerReachesACallerPastItsDeadline(t *testing.T) {
+	t.Parallel()
+	s := detachStore(t)
+	caller, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	ctx, stop := s.deadline(caller)
+	defer stop()
+	if s.runsHere(ctx) {
+		t.Fatal("a caller whose deadline comes first runs here; want a goroutine of its own")
+	}
+	granted := errors.New("granted") // stands for the answer of a committed grant
+	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			return err
+		}
+		if gone := callerGone(ctx, caller); gone != nil {
+			return gone
+		}
+		<-caller.Done() // the caller's deadline passes before the answer is handed over
+		time.Sleep(20 * time.Millisecond)
+		return granted
+	})
+	if !errors.Is(err, granted) {
+		t.Fatalf("detach answered %v; want the answer the statement promised", err)
+	}
+}
+
+// TestCallerWhoLeftIsToldSoToItsStatement: once the caller has left, a
+// statement on a goroutine of its own learns it from callerGone, so that it
+// undoes what it did for that caller alone (a claim gives its grant back).
+func TestCallerWhoLeftIsToldSoToItsStatement(t *testing.T) {
+	t.Parallel()
+	s := detachStore(t)
+	caller, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	ctx, stop := s.deadline(caller)
+	defer stop()
+	told := make(chan error, 1)
+	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+		_, err := conn.Exec(ctx, "SELECT pg_sleep(0.3)") // outlives the caller
+		told <- callerGone(ctx, caller)
+		return err
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("detach answered %v; want the caller's deadline", err)
+	}
+	select {
+	case gone := <-told:
+		if !errors.Is(gone, context.DeadlineExceeded) {
+			t.Fatalf("callerGone = %v after the caller left; want its deadline", gone)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the statement never ended")
+	}
+}
+
+// TestStatementRunsOnTheCallersGoroutineWhenTheStoreDeadlineIsFirst: a
+// caller with no deadline, or a later one than the store's, has its
+// statement run on its own goroutine, detached from its cancellation: a
+// caller cancelled mid-statement gets the statement's answer (it ends by
+// the store's deadline, before the caller's), and the connection is not
+// broken to interrupt it.
+func TestStatementRunsOnTheCallersGoroutineWhenTheStoreDeadlineIsFirst(t *testing.T) {
+	t.Parallel()
+	s := detachStore(t)
+	// Dial both of the pool's connections first, so that any later dial
+	// is a connection broken by a cancelled statement.
+	c1, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1.Release()
+	c2.Release()
+	for _, tc := range []struct {
+		name     string
+		deadline time.Duration // 0: none
+	}{{"no deadline", 0}, {"a later deadline", time.Minute}} {
+		caller, cancel := context.WithCancel(t.Context())
+		if tc.deadline > 0 {
+			caller, cancel = context.WithTimeout(t.Context(), tc.deadline)
+		}
+		ctx, stop := s.deadline(caller)
+		if !s.runsHere(ctx) {
+			t.Fatalf("%s: want the statement run on the caller's goroutine", tc.name)
+		}
+		before := s.pool.Stat()
+		time.AfterFunc(50*time.Millisecond, cancel)
+		err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(0.2)")
+			return err
+		})
+		stop()
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: cancelled mid-statement, detach answered %v; want the statement's answer", tc.name, err)
+		}
+		after := s.pool.Stat()
+		if after.TotalConns() != before.TotalConns() || after.NewConnsCount() != before.NewConnsCount() {
+			t.Fatalf("%s: pool went from %d connections (%d dialled) to %d (%d dialled); want the connection kept",
+				tc.name, before.TotalConns(), before.NewConnsCount(), after.TotalConns(), after.NewConnsCount())
+		}
+	}
+}
