@@ -146,45 +146,45 @@ func giveBack(ctx context.Context, conn execer, c Claim, expiresAt time.Time) {
 		c.ID.Org, c.ID.Project, c.ID.Domain, c.ID.Key, c.OwnerID, expiresAt)
 }
 
-// claimUnlockedOn sends claimUnlocked's pipeline on conn.
-func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (_ ClaimResult, decided bool, err error) {
-	id := c.ID
-	// One pipeline, one implicit transaction: the insert commits at its end.
-	// The SELECT runs after the INSERT, so it sees the row either way.
-	b := &pgx.Batch{}
-	b.Queue(`
+// claimUnlockedSQL inserts a reservation unless the key has one, and
+// otherwise reads the row, with whether it is live by the database's clock,
+// in one statement: its first column says which. The read shares the
+// statement's snapshot, taken before the insert: a row another claimant
+// committed after it stops the insert yet is not read, and the claim then
+// takes the locked path, which reads it under the lock.
+const claimUnlockedSQL = `
+	WITH inserted AS (
 		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, cache_now() + $7::interval)
 		ON CONFLICT (org, project, domain, key) DO NOTHING
-		RETURNING owner_id, heartbeat_interval_ns, expires_at`,
-		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease)
-	b.Queue(`
-		SELECT owner_id, heartbeat_interval_ns, expires_at, expires_at > cache_now()
-		FROM reservations
-		WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4`,
-		id.Org, id.Project, id.Domain, id.Key)
-	results := conn.SendBatch(ctx, b)
-	defer closeResults(results, &err)
-	inserted, err := scanReservation(id, results.QueryRow())
-	switch {
-	case err == nil:
-		return ClaimResult{Created: true, Previous: inserted, Granted: true, Current: inserted}, true, nil
-	case !errors.Is(err, ErrNotFound):
-		return ClaimResult{}, false, classify("insert reservation", err)
-	}
+		RETURNING owner_id, heartbeat_interval_ns, expires_at)
+	SELECT true, owner_id, heartbeat_interval_ns, expires_at, true FROM inserted
+	UNION ALL
+	SELECT false, owner_id, heartbeat_interval_ns, expires_at, expires_at > cache_now()
+	FROM reservations
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND NOT EXISTS (SELECT FROM inserted)`
+
+// claimUnlockedOn runs claimUnlockedSQL on conn.
+func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (_ ClaimResult, decided bool, err error) {
+	id := c.ID
 	r := Reservation{ID: id}
+	var created, live bool
 	var heartbeatNS int64
-	var live bool
-	err = results.QueryRow().Scan(&r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
+	err = conn.QueryRow(ctx, claimUnlockedSQL,
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease,
+	).Scan(&created, &r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ClaimResult{}, false, nil // released after our insert saw it: lock and retry
+		return ClaimResult{}, false, nil // committed by another after our snapshot, or released since: lock and retry
 	}
 	if err != nil {
-		return ClaimResult{}, false, classify("read reservation", err)
+		return ClaimResult{}, false, classify("claim reservation", err)
 	}
 	r.HeartbeatInterval = time.Duration(heartbeatNS)
 	r.ExpiresAt = r.ExpiresAt.UTC()
-	if live && r.OwnerID != c.OwnerID {
+	switch {
+	case created:
+		return ClaimResult{Created: true, Previous: r, Granted: true, Current: r}, true, nil
+	case live && r.OwnerID != c.OwnerID:
 		return ClaimResult{Previous: r, Current: r}, true, nil
 	}
 	return ClaimResult{}, false, nil
