@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/grpcreflect"
 	"github.com/rs/cors"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
@@ -102,6 +103,31 @@ func Procedures() []string {
 	return out
 }
 
+// edgeProcedures describes, by path, every procedure whose responses the
+// edge writes with knowledge of them: each mounted method (unary unless it
+// streams either way; budgeted if it declares NO_SIDE_EFFECTS, as the
+// generated handlers' idempotency does), and gRPC health's Check and List,
+// unary but outside the budget's interceptor. Health's Watch and
+// reflection stream, so they are absent: their flushes must stay.
+func edgeProcedures() map[string]procedure {
+	out := map[string]procedure{
+		"/" + grpchealth.HealthV1ServiceName + "/Check": {unary: true},
+		healthListProcedure:                             {unary: true},
+	}
+	for _, s := range mounts {
+		methods := s.desc.Methods()
+		for i := range methods.Len() {
+			md := methods.Get(i)
+			opts, _ := md.Options().(*descriptorpb.MethodOptions)
+			out["/"+string(s.desc.FullName())+"/"+string(md.Name())] = procedure{
+				unary:    !md.IsStreamingClient() && !md.IsStreamingServer(),
+				budgeted: opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS,
+			}
+		}
+	}
+	return out
+}
+
 // serviceNames returns the full names of the mounted services.
 func serviceNames() []string {
 	out := make([]string, 0, len(mounts))
@@ -132,7 +158,7 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	limits := newResponseLimits(opts.WriteTimeout, opts.ResponseBudget, opts.OnCut)
+	limits := newResponseLimits(opts.WriteTimeout, opts.ResponseBudget, opts.OnCut, edgeProcedures())
 	// The budget and clientGone are inside the log and the metrics, which
 	// see their refusals and codes.
 	interceptors := append(append([]connect.Interceptor(nil), opts.Interceptors...),

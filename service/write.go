@@ -50,9 +50,23 @@ type responseLimits struct {
 	timeout time.Duration
 	budget  budget
 	onCut   func(Cut)
+	// procedures tells, by URL path, which responses are unary and which
+	// are held to the budget; a path it lacks is neither.
+	procedures map[string]procedure
 }
 
-func newResponseLimits(timeout time.Duration, budgetBytes int64, onCut func(Cut)) *responseLimits {
+// procedure is what the response writer needs to know of one RPC.
+type procedure struct {
+	// unary: one response message, after which the handler returns and
+	// net/http sends what is buffered (data and trailers) by itself, so
+	// explicit flushes only cost a write of their own.
+	unary bool
+	// budgeted: a read (NO_SIDE_EFFECTS) whose response is held to the
+	// budget; only these need a hold in their request's context.
+	budgeted bool
+}
+
+func newResponseLimits(timeout time.Duration, budgetBytes int64, onCut func(Cut), procedures map[string]procedure) *responseLimits {
 	if timeout <= 0 {
 		timeout = DefaultWriteTimeout
 	}
@@ -62,7 +76,7 @@ func newResponseLimits(timeout time.Duration, budgetBytes int64, onCut func(Cut)
 	if onCut == nil {
 		onCut = func(Cut) {}
 	}
-	return &responseLimits{timeout: timeout, budget: budget{limit: budgetBytes}, onCut: onCut}
+	return &responseLimits{timeout: timeout, budget: budget{limit: budgetBytes}, onCut: onCut, procedures: procedures}
 }
 
 // budget is a count of response bytes held, bounded by limit.
@@ -94,23 +108,29 @@ func (b *budget) release(n int64) {
 	b.mu.Unlock()
 }
 
-// hold is the part of the budget one request holds: taken by the
-// interceptor once the response message is known, given back by the HTTP
-// wrapper once the response is written or cut.
-type hold struct{ bytes int64 }
-
+// holdKey is the context key of a budgeted request's *deadlineWriter,
+// where the interceptor records the bytes it took from the budget and the
+// HTTP wrapper gives them back once the response is written or cut.
 type holdKey struct{}
 
 // handler wraps h so that every response write has a deadline and the
 // request's share of the budget is released when its response is done.
+// What the handler leaves buffered, net/http sends after it returns under
+// the last deadline set, which it clears only then.
+//
+// Only a budgeted procedure's request is copied to carry its hold: the
+// copy (a Request and a context) is most of what this layer allocates, and
+// the interceptor has nothing to record for the others.
 func (l *responseLimits) handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		held := &hold{}
-		dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), limits: l}
-		defer func() { l.budget.release(held.bytes) }()
-		// What the handler leaves buffered, net/http sends after it returns
-		// under the last deadline set, which it clears only then.
-		h.ServeHTTP(dw, r.WithContext(context.WithValue(r.Context(), holdKey{}, held)))
+		p := l.procedures[r.URL.Path]
+		dw := &deadlineWriter{ResponseWriter: w, rc: *http.NewResponseController(w), limits: l, unary: p.unary}
+		if !p.budgeted {
+			h.ServeHTTP(dw, r)
+			return
+		}
+		defer func() { l.budget.release(dw.held) }()
+		h.ServeHTTP(dw, r.WithContext(context.WithValue(r.Context(), holdKey{}, dw)))
 	})
 }
 
@@ -128,8 +148,11 @@ func (l *responseLimits) interceptor() connect.UnaryInterceptorFunc {
 	return func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			res, err := next(ctx, req)
-			held, _ := ctx.Value(holdKey{}).(*hold)
-			if err != nil || res == nil || held == nil || req.Spec().IdempotencyLevel != connect.IdempotencyNoSideEffects {
+			if err != nil || res == nil || req.Spec().IdempotencyLevel != connect.IdempotencyNoSideEffects {
+				return res, err
+			}
+			held, _ := ctx.Value(holdKey{}).(*deadlineWriter)
+			if held == nil {
 				return res, err
 			}
 			msg, ok := res.Any().(proto.Message)
@@ -142,26 +165,55 @@ func (l *responseLimits) interceptor() connect.UnaryInterceptorFunc {
 				return nil, connect.NewError(connect.CodeResourceExhausted,
 					errors.New("server is busy sending other responses; retry shortly"))
 			}
-			held.bytes += n
+			held.held += n
 			return res, nil
 		}
 	}
 }
 
-// deadlineWriter gives every piece of a response (writeChunk bytes, and
-// each flush) its own write deadline, so a response waits at most the
-// timeout for a client that takes nothing, yet a long wait before the first
-// byte (a long poll) is never cut: the deadline starts at the write.
+// deadlineWriter gives every piece of a response (up to writeChunk bytes,
+// and each flush) a write deadline at least the timeout after the piece
+// starts, so a response waits about the timeout for a client that takes
+// nothing, yet a long wait before the first byte (a long poll) is never
+// cut: the deadline starts at the write.
+//
+// Setting a deadline is not free (on HTTP/2 a message to the connection's
+// goroutine and a timer), and a unary response writes two or three pieces
+// within microseconds. So a deadline is set with slack, timeout + timeout/8
+// from now, and a piece reuses it while at least the timeout remains and
+// fewer than writeChunk bytes were written under it: every piece still has
+// at least the timeout to complete from when it starts, and waits at most
+// timeout*(1+1/8).
+//
+// A unary response's flushes are dropped: net/http sends what is buffered
+// (data and trailers, in one write) when the handler returns, under the
+// deadline of the last piece. Only its buffer's worth is still unsent then
+// (4 KiB on HTTP/2, a few on HTTP/1.1; larger writes went through the
+// pieces), which a stalled client cannot pin past that deadline either
+// (the stream is reset, the connection closed). That tail is no longer
+// held in the budget, which is given back when the handler returns, and
+// when it misses the deadline it is not counted as a cut: it fails after
+// the handler returned.
 type deadlineWriter struct {
 	http.ResponseWriter
-	rc       *http.ResponseController // of the wrapped writer
+	rc       http.ResponseController // of the wrapped writer
 	limits   *responseLimits
-	deadline time.Time
-	cut      bool // the response missed a deadline: counted once, not written again
+	unary    bool      // flushes are dropped (see above)
+	deadline time.Time // the deadline last set; zero before the first piece
+	left     int       // bytes the deadline may still cover
+	cut      bool      // the response missed a deadline: counted once, not written again
+	held     int64     // bytes of the budget this response holds (budgeted only)
 }
 
-func (w *deadlineWriter) arm() {
-	w.deadline = time.Now().Add(w.limits.timeout)
+// ready sets a new deadline unless the one set leaves a piece starting now
+// at least the timeout, and (for bytes) still covers some bytes.
+func (w *deadlineWriter) ready(bytes bool) {
+	now := time.Now()
+	if w.deadline.Sub(now) >= w.limits.timeout && (!bytes || w.left > 0) {
+		return
+	}
+	w.deadline = now.Add(w.limits.timeout + w.limits.timeout/8)
+	w.left = writeChunk
 	// ErrNotSupported (a writer without deadlines, in tests) leaves the
 	// write unbounded, as before.
 	_ = w.rc.SetWriteDeadline(w.deadline)
@@ -179,10 +231,11 @@ func (w *deadlineWriter) failed() {
 func (w *deadlineWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
-		piece := p[:min(len(p), writeChunk)]
-		w.arm()
+		w.ready(true)
+		piece := p[:min(len(p), w.left)]
 		n, err := w.ResponseWriter.Write(piece)
 		written += n
+		w.left -= n
 		if err != nil {
 			w.failed()
 			return written, err
@@ -193,7 +246,10 @@ func (w *deadlineWriter) Write(p []byte) (int, error) {
 }
 
 func (w *deadlineWriter) FlushError() error {
-	w.arm()
+	if w.unary {
+		return nil
+	}
+	w.ready(false)
 	err := w.rc.Flush()
 	if err != nil {
 		w.failed()
