@@ -56,9 +56,10 @@ type pending[A, R any] struct {
 // do serves arg, alone or with the calls that queued while the
 // connections were busy. ctx carries the store's deadline. Like every
 // single statement of the store (detach), the statement runs detached from
-// the caller's cancellation: on the caller's goroutine when the store's
-// deadline comes first, else on a goroutine that owns the connection, and
-// the caller is answered as soon as its own context ends.
+// the caller's cancellation: a call served alone on the caller's goroutine
+// when the store's deadline comes first, a shared statement (or a call
+// whose own deadline comes first) on a goroutine that owns the connection,
+// and each caller is answered as soon as its own context ends.
 func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R], arg A) (R, error) {
 	var zero R
 	if err := tooLate(ctx); err != nil {
@@ -96,11 +97,14 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	if len(batch) > 1 {
 		q.batched.Add(int64(len(batch)))
 	}
-	if d, ok := ctx.Deadline(); ok && s.runsHere(ctx) {
+	if d, ok := ctx.Deadline(); ok && len(batch) == 1 && s.runsHere(ctx) {
 		// As detach does when the store's deadline comes first: the
-		// statement runs here, and ends by that deadline.
+		// statement runs here, and ends by that deadline. A shared
+		// statement runs on a goroutine of its own, under a deadline
+		// of its own: the one that took the connection may have spent
+		// most of its time waiting for it.
+		defer conn.Release()
 		q.serve(conn, ops, batch, d)
-		conn.Release()
 		return q.await(s, ops, call)
 	}
 	go func() {

@@ -178,6 +178,9 @@ func (s *Store) runsHere(ctx context.Context) bool {
 // caller (or the store's deadline), and op runs detached from the caller's
 // cancellation, under the store's deadline, to its end.
 func (s *Store) runHere(ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
+	if err := tooLate(ctx); err != nil {
+		return err
+	}
 	conn, err := s.acquire(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -186,12 +189,12 @@ func (s *Store) runHere(ctx context.Context, op func(ctx context.Context, conn *
 		return classify("acquire connection", err)
 	}
 	defer conn.Release()
-	opCtx := context.WithoutCancel(ctx)
-	if d, ok := ctx.Deadline(); ok {
-		var cancel context.CancelFunc
-		opCtx, cancel = context.WithDeadlineCause(opCtx, d, errStoreDeadline)
-		defer cancel()
+	d, ok := ctx.Deadline()
+	if !ok { // not bounded by Store.deadline: the store's deadline starts now
+		d = time.Now().Add(s.timeout)
 	}
+	opCtx, cancel := context.WithDeadlineCause(context.WithoutCancel(ctx), d, errStoreDeadline)
+	defer cancel()
 	return op(opCtx, conn)
 }
 
@@ -225,6 +228,9 @@ func (h *handoff) leave() bool {
 // goroutine, it is the caller's context's error.
 func callerGone(ctx, caller context.Context) error {
 	if h, ok := ctx.Value(handoffKey{}).(*handoff); ok {
+		if caller.Err() != nil {
+			h.leave() // gone already, though it may not have said so yet
+		}
 		if h.deliver() {
 			return nil
 		}

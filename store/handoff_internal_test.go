@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cacheservice/cacheservice/internal/pgtest"
@@ -135,5 +138,115 @@ func TestStatementRunsOnTheCallersGoroutineWhenTheStoreDeadlineIsFirst(t *testin
 			t.Fatalf("%s: pool went from %d connections (%d dialled) to %d (%d dialled); want the connection kept",
 				tc.name, before.TotalConns(), before.NewConnsCount(), after.TotalConns(), after.NewConnsCount())
 		}
+	}
+}
+
+// TestTakeoverWhoseCallerLeftIsGivenBack: a claim that takes over an
+// expired reservation waits for its row lock, held from outside, past its
+// caller's deadline. When the lock is granted the takeover commits, and,
+// its caller gone, must be given back: nobody would learn it owns the key,
+// which would wait out a whole lease. The answer is the caller's deadline,
+// never the grant it did not receive (run with -race, the claim's result
+// must not be written by the statement after the caller was answered).
+func TestTakeoverWhoseCallerLeftIsGivenBack(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.NewDatabase(t)
+	s, err := Open(ctx, Config{URL: url, MaxConns: 2, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	id := ID{"o", "p", "d", "taken-over"}
+	if _, err := s.ClaimReservation(ctx, Claim{ID: id, OwnerID: "old", HeartbeatInterval: time.Millisecond, Lease: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // old's lease expires
+
+	outside, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outside.Close(context.Background())
+	tx, err := outside.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM reservations WHERE key = $1 FOR UPDATE`, id.Key); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		time.Sleep(300 * time.Millisecond)
+		_ = tx.Commit(context.Background())
+	}()
+	defer func() { <-committed }()
+
+	caller, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	res, err := s.ClaimReservation(caller, Claim{ID: id, OwnerID: "new", HeartbeatInterval: time.Second, Lease: time.Minute})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim answered %+v, %v; want the caller's deadline", res, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		held, err := s.GetReservation(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return // given back
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reservation %+v still held after its claim's caller left; want it given back", held)
+		}
+	}
+}
+
+// TestFirstComersOfANewKeyTakeNoLock: many claimants of a key nobody holds
+// arrive at once (identical tasks starting together). One inserts; the
+// others' inserts wait for it and conflict with a row their statement's
+// snapshot does not hold. Each reads it again instead of queueing for its
+// row lock: none takes the locked path, and all are told the one owner.
+func TestFirstComersOfANewKeyTakeNoLock(t *testing.T) {
+	t.Parallel()
+	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 16, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	const keys, claimants = 20, 16
+	for k := range keys {
+		id := ID{"o", "p", "d", fmt.Sprint("burst-", k)}
+		start := make(chan struct{})
+		results := make([]ClaimResult, claimants)
+		errs := make([]error, claimants)
+		var wg sync.WaitGroup
+		for i := range claimants {
+			wg.Go(func() {
+				<-start
+				results[i], errs[i] = s.ClaimReservation(t.Context(), Claim{ID: id, OwnerID: fmt.Sprint("w", i), HeartbeatInterval: time.Second, Lease: time.Minute})
+			})
+		}
+		close(start)
+		wg.Wait()
+		granted := 0
+		for i, r := range results {
+			if errs[i] != nil {
+				t.Fatalf("%s: claimant %d: %v", id.Key, i, errs[i])
+			}
+			if r.Granted {
+				granted++
+			}
+			if r.Current.OwnerID != results[0].Current.OwnerID {
+				t.Fatalf("%s: claimants told owners %q and %q", id.Key, results[0].Current.OwnerID, r.Current.OwnerID)
+			}
+		}
+		if granted != 1 {
+			t.Fatalf("%s: %d claimants granted; want exactly one", id.Key, granted)
+		}
+	}
+	if n := s.lockedClaims.Load(); n != 0 {
+		t.Fatalf("%d of %d first-comers took the row lock; want none", n, keys*claimants)
 	}
 }

@@ -81,47 +81,72 @@ func scanReservation(id ID, row pgx.Row) (Reservation, error) {
 // at S, whatever happened after (a release, or a takeover once it expired).
 func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, error) {
 	for range lockAttempts {
-		res, decided, err := s.claimUnlocked(ctx, c)
-		if err != nil || decided {
+		res, err := s.claimUnlocked(ctx, c)
+		if errors.Is(err, errNotRead) {
+			// Another first-comer's insert committed after our snapshot:
+			// read it with a fresh one rather than queue for its lock.
+			res, err = s.claimUnlocked(ctx, c)
+		}
+		if err == nil || !errors.Is(err, errNotDecided) && !errors.Is(err, errNotRead) {
 			return res, err
 		}
+		s.lockedClaims.Add(1)
 		caller := ctx
+		var locked ClaimResult
 		err = s.InTx(ctx, func(ctx context.Context, tx *Tx) error {
-			res, err = tx.claimLocked(ctx, caller, c)
+			// locked, not res: on a goroutine of its own this may still
+			// run after InTx answered a caller who left.
+			r, err := tx.claimLocked(ctx, caller, c)
+			locked = r
 			return err
 		})
 		if errors.Is(err, ErrNotFound) {
 			continue // released between our read and our lock
 		}
-		return res, err
+		if err != nil {
+			return ClaimResult{}, err
+		}
+		return locked, nil // a nil error came from the op that set locked
 	}
 	return ClaimResult{}, fmt.Errorf("claim reservation: row kept vanishing after %d attempts", lockAttempts)
 }
 
-// claimUnlocked is ClaimReservation's first round trip: it reports decided
-// when the insert won or the row is live and another's. It runs detached
+// The first round trip of a claim ends with one of these when it did not
+// decide the claim: the row is the claimant's own or has expired, so the
+// locked transaction decides; or the statement's snapshot did not hold the
+// row its insert conflicted with.
+var (
+	errNotDecided = errors.New("claim needs the row lock")
+	errNotRead    = errors.New("claim conflicted with a row its snapshot does not hold")
+)
+
+// claimUnlocked is ClaimReservation's first round trip: it answers the claim
+// when the insert won or the row is live and another's, and otherwise ends
+// with errNotDecided or errNotRead. It runs detached
 // from the caller's cancellation, as every statement of the store does
 // (detach).
-func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, bool, error) {
+func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, error) {
 	ctx, cancel := s.deadline(caller)
 	defer cancel()
 	var res ClaimResult
-	var decided bool
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		r, d, err := claimUnlockedOn(ctx, conn, c)
+		r, err := claimUnlockedOn(ctx, conn, c)
 		if err == nil && r.Created {
 			if gone := callerGone(ctx, caller); gone != nil {
 				giveBack(ctx, conn, c, r.Current.ExpiresAt)
 				return gone
 			}
 		}
-		res, decided = r, d
+		res = r
 		return err
 	})
-	if err != nil {
-		return ClaimResult{}, false, classify("claim reservation", err)
+	if errors.Is(err, errNotDecided) || errors.Is(err, errNotRead) {
+		return ClaimResult{}, err
 	}
-	return res, decided, nil
+	if err != nil {
+		return ClaimResult{}, classify("claim reservation", err)
+	}
+	return res, nil // a nil error came from the op that set res
 }
 
 // execer is a connection, pooled or not.
@@ -151,7 +176,7 @@ func giveBack(ctx context.Context, conn execer, c Claim, expiresAt time.Time) {
 // in one statement: its first column says which. The read shares the
 // statement's snapshot, taken before the insert: a row another claimant
 // committed after it stops the insert yet is not read, and the claim then
-// takes the locked path, which reads it under the lock.
+// reads it again with a fresh snapshot (ClaimReservation).
 const claimUnlockedSQL = `
 	WITH inserted AS (
 		INSERT INTO reservations (org, project, domain, key, owner_id, heartbeat_interval_ns, expires_at)
@@ -165,29 +190,29 @@ const claimUnlockedSQL = `
 	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND NOT EXISTS (SELECT FROM inserted)`
 
 // claimUnlockedOn runs claimUnlockedSQL on conn.
-func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (_ ClaimResult, decided bool, err error) {
+func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (ClaimResult, error) {
 	id := c.ID
 	r := Reservation{ID: id}
 	var created, live bool
 	var heartbeatNS int64
-	err = conn.QueryRow(ctx, claimUnlockedSQL,
+	err := conn.QueryRow(ctx, claimUnlockedSQL,
 		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease,
 	).Scan(&created, &r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ClaimResult{}, false, nil // committed by another after our snapshot, or released since: lock and retry
+		return ClaimResult{}, errNotRead // committed by another after our snapshot (or released since)
 	}
 	if err != nil {
-		return ClaimResult{}, false, classify("claim reservation", err)
+		return ClaimResult{}, classify("claim reservation", err)
 	}
 	r.HeartbeatInterval = time.Duration(heartbeatNS)
 	r.ExpiresAt = r.ExpiresAt.UTC()
 	switch {
 	case created:
-		return ClaimResult{Created: true, Previous: r, Granted: true, Current: r}, true, nil
+		return ClaimResult{Created: true, Previous: r, Granted: true, Current: r}, nil
 	case live && r.OwnerID != c.OwnerID:
-		return ClaimResult{Previous: r, Current: r}, true, nil
+		return ClaimResult{Previous: r, Current: r}, nil
 	}
-	return ClaimResult{}, false, nil
+	return ClaimResult{}, errNotDecided
 }
 
 // lockReservationSQL locks a reservation's row and reads it as it is once
@@ -238,6 +263,10 @@ func (t *Tx) claimLocked(ctx, caller context.Context, c Claim) (_ ClaimResult, e
 		return ClaimResult{}, classify("commit", err)
 	}
 	t.begun = false // the pipeline's COMMIT ended it: InTx has nothing to commit
+	// The pipeline must be closed before the connection takes another
+	// statement (pgx answers "conn busy"). Its COMMIT has succeeded, so
+	// what Close could still report does not undo the grant.
+	_ = results.Close()
 	if res.Granted && res.Previous.OwnerID != c.OwnerID && callerGone(ctx, caller) != nil {
 		giveBack(ctx, t.conn, c, res.Current.ExpiresAt) // a takeover nobody will hear of
 	}

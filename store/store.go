@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -105,7 +106,9 @@ type Store struct {
 	timeout     time.Duration
 	lockTimeout time.Duration
 	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
-	allowOffset bool
+	// lockedClaims counts claims that took the row lock (ClaimReservation).
+	lockedClaims atomic.Int64
+	allowOffset  bool
 }
 
 // Open creates the connection pool. It does not contact the database; call

@@ -35,9 +35,10 @@ type Tx struct {
 // The transaction is detached from the caller's cancellation (see detach):
 // it runs on to its end within the store's deadline and keeps its
 // connection, and a caller whose own deadline comes first is answered at
-// that deadline. If the caller has gone by the time fn returns
-// (callerGone), the transaction rolls back instead of committing: nobody
-// will see its answer.
+// that deadline, unless fn has returned by then. If the caller has gone by
+// the time fn returns (callerGone), the transaction rolls back instead of
+// committing: nobody will see its answer. Otherwise the caller is promised
+// the outcome of COMMIT, and waits for it.
 func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
 	caller := ctx
 	ctx, cancel := s.deadline(ctx)
