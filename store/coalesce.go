@@ -56,10 +56,10 @@ type pending[A, R any] struct {
 // do serves arg, alone or with the calls that queued while the
 // connections were busy. ctx carries the store's deadline. Like every
 // single statement of the store (detach), the statement runs detached from
-// the caller's cancellation: a call served alone on the caller's goroutine
-// when the store's deadline comes first, a shared statement (or a call
-// whose own deadline comes first) on a goroutine that owns the connection,
-// and each caller is answered as soon as its own context ends.
+// the caller's cancellation: on the goroutine of the caller who took the
+// connection when the store's deadline comes first for it, else on a
+// goroutine that owns the connection; each caller is answered as soon as
+// its own context ends.
 func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R], arg A) (R, error) {
 	var zero R
 	if err := tooLate(ctx); err != nil {
@@ -97,12 +97,20 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	if len(batch) > 1 {
 		q.batched.Add(int64(len(batch)))
 	}
-	if d, ok := ctx.Deadline(); ok && len(batch) == 1 && s.runsHere(ctx) {
+	if b, ok := ctx.(*bounded); ok && !b.callerFirst {
 		// As detach does when the store's deadline comes first: the
-		// statement runs here, and ends by that deadline. A shared
-		// statement runs on a goroutine of its own, under a deadline
-		// of its own: the one that took the connection may have spent
-		// most of its time waiting for it.
+		// statement runs here. Served alone, it ends by that deadline.
+		// A shared statement gets a store deadline of its own, since
+		// this caller may have spent most of its own waiting for the
+		// connection, yet ends by this caller's deadline, if it has one,
+		// so that this caller is still answered in time.
+		d, _ := ctx.Deadline()
+		if len(batch) > 1 {
+			d = time.Now().Add(s.timeout)
+			if !b.callerDeadline.IsZero() && b.callerDeadline.Before(d) {
+				d = b.callerDeadline
+			}
+		}
 		defer conn.Release()
 		q.serve(conn, ops, batch, d)
 		return q.await(s, ops, call)

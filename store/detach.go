@@ -93,7 +93,8 @@ func (r detachedRow) Scan(dest ...any) error {
 // where detach runs a statement.
 type bounded struct {
 	context.Context
-	callerFirst bool
+	callerFirst    bool
+	callerDeadline time.Time // zero: none
 }
 
 // detach runs op on a pooled connection, detached from the caller's

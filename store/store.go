@@ -235,6 +235,9 @@ func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFu
 	own := time.Now().Add(s.timeout)
 	d, ok := ctx.Deadline()
 	bounded := &bounded{callerFirst: ok && d.Before(own)}
+	if ok {
+		bounded.callerDeadline = d
+	}
 	var cancel context.CancelFunc
 	bounded.Context, cancel = context.WithDeadlineCause(ctx, own, errStoreDeadline)
 	return bounded, cancel
