@@ -97,17 +97,17 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	if len(batch) > 1 {
 		q.batched.Add(int64(len(batch)))
 	}
-	if b, ok := ctx.(*bounded); ok && !b.callerFirst {
+	if s.runsHere(ctx) {
 		// As detach does when the store's deadline comes first: the
 		// statement runs here. Served alone, it ends by that deadline.
 		// A shared statement gets a store deadline of its own, since
 		// this caller may have spent most of its own waiting for the
 		// connection, yet ends by this caller's deadline, if it has one,
 		// so that this caller is still answered in time.
-		d, _ := ctx.Deadline()
-		if len(batch) > 1 {
+		d, ok := ctx.Deadline()
+		if !ok || len(batch) > 1 {
 			d = time.Now().Add(s.timeout)
-			if !b.callerDeadline.IsZero() && b.callerDeadline.Before(d) {
+			if b, ok := ctx.(*bounded); ok && !b.callerDeadline.IsZero() && b.callerDeadline.Before(d) {
 				d = b.callerDeadline
 			}
 		}

@@ -93,8 +93,14 @@ func (r detachedRow) Scan(dest ...any) error {
 // where detach runs a statement.
 type bounded struct {
 	context.Context
-	callerFirst    bool
-	callerDeadline time.Time // zero: none
+	callerDeadline time.Time // zero: the caller brought none
+}
+
+// callerFirst reports whether the caller's deadline comes before the
+// store's: then it is the context's deadline.
+func (b *bounded) callerFirst() bool {
+	d, _ := b.Deadline()
+	return !b.callerDeadline.IsZero() && d.Equal(b.callerDeadline)
 }
 
 // detach runs op on a pooled connection, detached from the caller's
@@ -126,11 +132,11 @@ type bounded struct {
 // have left would otherwise queue for the pool ahead of live callers, so a
 // storm of cancelled calls starved the ones that stayed.
 func (s *Store) detach(ctx context.Context, op func(ctx context.Context, conn *pgxpool.Conn) error) error {
-	if err := tooLate(ctx); err != nil {
-		return err
-	}
 	if s.runsHere(ctx) {
 		return s.runHere(ctx, op)
+	}
+	if err := tooLate(ctx); err != nil {
+		return err
 	}
 	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	h := &handoff{}
@@ -172,7 +178,7 @@ func (s *Store) runsHere(ctx context.Context) bool {
 		return true
 	}
 	b, ok := ctx.(*bounded)
-	return ok && !b.callerFirst
+	return ok && !b.callerFirst()
 }
 
 // runHere is detach on the caller's goroutine: the checkout ends with the

@@ -8,19 +8,13 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
 // oneConnStore opens a store whose pool has a single connection, with
 // entries k0..k9 stored.
 func oneConnStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 1, Timeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := openStore(t, Config{MaxConns: 1, Timeout: 30 * time.Second})
 	for i := range 10 {
 		if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", fmt.Sprint("k", i)}, URI: fmt.Sprint("s3://b/", i)}, Replace{}); err != nil {
 			t.Fatal(err)

@@ -3,8 +3,6 @@ package store
 import (
 	"testing"
 	"time"
-
-	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
 // TestGiveBackSparesALeaseTheSameOwnerExtended replays the interleaving of a
@@ -15,11 +13,7 @@ import (
 func TestGiveBackSparesALeaseTheSameOwnerExtended(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	s, err := Open(ctx, Config{URL: pgtest.NewDatabase(t), MaxConns: 2, Timeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := openStore(t, Config{MaxConns: 2, Timeout: 30 * time.Second})
 	owner := Claim{ID: ID{"o", "p", "d", "k"}, OwnerID: "owner", HeartbeatInterval: time.Second, Lease: time.Minute}
 
 	first, err := s.ClaimReservation(ctx, owner) // the grant whose caller left

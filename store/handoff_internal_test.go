@@ -14,16 +14,26 @@ import (
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
-// detachStore opens a store with a short deadline of its own, so that
-// callers can bring deadlines on either side of it.
-func detachStore(t *testing.T) *Store {
+// openStore opens a store on cfg, on a fresh database unless cfg names
+// one, closed when the test ends.
+func openStore(t *testing.T, cfg Config) *Store {
 	t.Helper()
-	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 2, Timeout: 2 * time.Second})
+	if cfg.URL == "" {
+		cfg.URL = pgtest.NewDatabase(t)
+	}
+	s, err := Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// detachStore opens a store with a short deadline of its own, so that
+// callers can bring deadlines on either side of it.
+func detachStore(t *testing.T) *Store {
+	t.Helper()
+	return openStore(t, Config{MaxConns: 2, Timeout: 2 * time.Second})
 }
 
 // TestPromisedAnswerReachesACallerPastItsDeadline replays the interleaving
@@ -152,11 +162,7 @@ func TestTakeoverWhoseCallerLeftIsGivenBack(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	url := pgtest.NewDatabase(t)
-	s, err := Open(ctx, Config{URL: url, MaxConns: 2, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := openStore(t, Config{URL: url, MaxConns: 2, Timeout: 5 * time.Second})
 	id := ID{"o", "p", "d", "taken-over"}
 	if _, err := s.ClaimReservation(ctx, Claim{ID: id, OwnerID: "old", HeartbeatInterval: time.Millisecond, Lease: time.Millisecond}); err != nil {
 		t.Fatal(err)
@@ -210,11 +216,7 @@ func TestTakeoverWhoseCallerLeftIsGivenBack(t *testing.T) {
 // row lock: none takes the locked path, and all are told the one owner.
 func TestFirstComersOfANewKeyTakeNoLock(t *testing.T) {
 	t.Parallel()
-	s, err := Open(t.Context(), Config{URL: pgtest.NewDatabase(t), MaxConns: 16, Timeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := openStore(t, Config{MaxConns: 16, Timeout: 30 * time.Second})
 	const keys, claimants = 20, 16
 	for k := range keys {
 		id := ID{"o", "p", "d", fmt.Sprint("burst-", k)}

@@ -140,10 +140,7 @@ func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, err
 		res = r
 		return err
 	})
-	if errors.Is(err, errNotDecided) || errors.Is(err, errNotRead) {
-		return ClaimResult{}, err
-	}
-	if err != nil {
+	if err != nil { // classify keeps errNotDecided and errNotRead for errors.Is
 		return ClaimResult{}, classify("claim reservation", err)
 	}
 	return res, nil // a nil error came from the op that set res

@@ -232,14 +232,12 @@ var errStoreDeadline = fmt.Errorf("%w: the database did not answer within the st
 // request, whatever deadline (if any) the caller brought. The context
 // remembers which of the two comes first (see detach).
 func (s *Store) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	own := time.Now().Add(s.timeout)
-	d, ok := ctx.Deadline()
-	bounded := &bounded{callerFirst: ok && d.Before(own)}
-	if ok {
+	bounded := &bounded{}
+	if d, ok := ctx.Deadline(); ok {
 		bounded.callerDeadline = d
 	}
 	var cancel context.CancelFunc
-	bounded.Context, cancel = context.WithDeadlineCause(ctx, own, errStoreDeadline)
+	bounded.Context, cancel = context.WithTimeoutCause(ctx, s.timeout, errStoreDeadline)
 	return bounded, cancel
 }
 
