@@ -1,6 +1,7 @@
 package service
 
 import (
+	"iter"
 	"log/slog"
 	"net/http"
 	"time"
@@ -94,13 +95,26 @@ var mounts = []mount{
 // /cacheservice.v1.CacheService/Get, in the order of the proto files.
 func Procedures() []string {
 	var out []string
-	for _, s := range mounts {
-		methods := s.desc.Methods()
-		for i := range methods.Len() {
-			out = append(out, "/"+string(s.desc.FullName())+"/"+string(methods.Get(i).Name()))
-		}
+	for path := range mountedMethods() {
+		out = append(out, path)
 	}
 	return out
+}
+
+// mountedMethods yields every method of the mounted services with its URL
+// path, in the order of the proto files.
+func mountedMethods() iter.Seq2[string, protoreflect.MethodDescriptor] {
+	return func(yield func(string, protoreflect.MethodDescriptor) bool) {
+		for _, s := range mounts {
+			methods := s.desc.Methods()
+			for i := range methods.Len() {
+				md := methods.Get(i)
+				if !yield("/"+string(s.desc.FullName())+"/"+string(md.Name()), md) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // edgeProcedures describes, by path, every procedure whose responses the
@@ -114,15 +128,11 @@ func edgeProcedures() map[string]procedure {
 		"/" + grpchealth.HealthV1ServiceName + "/Check": {unary: true},
 		healthListProcedure:                             {unary: true},
 	}
-	for _, s := range mounts {
-		methods := s.desc.Methods()
-		for i := range methods.Len() {
-			md := methods.Get(i)
-			opts, _ := md.Options().(*descriptorpb.MethodOptions)
-			out["/"+string(s.desc.FullName())+"/"+string(md.Name())] = procedure{
-				unary:    !md.IsStreamingClient() && !md.IsStreamingServer(),
-				budgeted: opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS,
-			}
+	for path, md := range mountedMethods() {
+		opts, _ := md.Options().(*descriptorpb.MethodOptions)
+		out[path] = procedure{
+			unary:    !md.IsStreamingClient() && !md.IsStreamingServer(),
+			budgeted: opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS,
 		}
 	}
 	return out
