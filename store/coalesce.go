@@ -111,8 +111,11 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 				d = b.callerDeadline
 			}
 		}
-		defer conn.Release()
 		q.serve(conn, ops, batch, d)
+		// Back before await: a call the shared statement left to be read
+		// alone (a large entry, a failed batch) takes a connection of its
+		// own, and with every other one busy it would wait for this one.
+		conn.Release()
 		return q.await(s, ops, call)
 	}
 	go func() {

@@ -143,3 +143,45 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 		}
 	}
 }
+
+// TestALargeEntryIsReadAloneByTheCallerWhoServedTheBatch has the caller of
+// a large entry take the pool's only connection and serve the Gets that
+// queued behind it: its own entry, too large for the shared statement, is
+// read alone once the batch's connection is back, not by waiting for a
+// connection it holds itself.
+func TestALargeEntryIsReadAloneByTheCallerWhoServedTheBatch(t *testing.T) {
+	t.Parallel()
+	s := oneConnStore(t)
+	big := bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
+	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var bigGot Entry
+	var bigErr error
+	wg.Go(func() { bigGot, bigErr = s.GetEntry(t.Context(), ID{"o", "p", "d", "big"}) })
+	waitQueued(t, s, 1) // first in the pool's queue: it takes the connection
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = s.GetEntry(t.Context(), ID{"o", "p", "d", fmt.Sprint("k", i)}) })
+	}
+	waitQueued(t, s, 1+len(errs))
+	start := time.Now()
+	held.Release()
+	wg.Wait()
+	if bigErr != nil || !bytes.Equal(bigGot.Inline, big) {
+		t.Errorf("Get of the large entry = %d bytes, %v (after %v); want all %d", len(bigGot.Inline), bigErr, time.Since(start), len(big))
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Get of k%d: %v", i, err)
+		}
+	}
+	if n := s.gets.batched.Load(); n != int64(1+len(errs)) {
+		t.Errorf("%d Gets were served by a shared statement, want %d", n, 1+len(errs))
+	}
+}
