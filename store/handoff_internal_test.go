@@ -252,3 +252,61 @@ func TestFirstComersOfANewKeyTakeNoLock(t *testing.T) {
 		t.Fatalf("%d of %d first-comers took the row lock; want none", n, keys*claimants)
 	}
 }
+
+// TestHeartbeatsTakeNoLockAndKeepTheKey: the holder's heartbeats, several
+// at once, race claimants that want its key. Every heartbeat extends the
+// holder's lease without a transaction, none takes the locked path, and
+// no other claimant is ever granted the key.
+func TestHeartbeatsTakeNoLockAndKeepTheKey(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Config{MaxConns: 16, Timeout: 30 * time.Second})
+	id := ID{"o", "p", "d", "held"}
+	claim := func(owner string) (ClaimResult, error) {
+		return s.ClaimReservation(t.Context(), Claim{ID: id, OwnerID: owner, HeartbeatInterval: time.Second, Lease: time.Minute})
+	}
+	first, err := claim("holder")
+	if err != nil || !first.Created {
+		t.Fatalf("first claim = %+v, %v; want it created", first, err)
+	}
+	const callers, rounds = 8, 25
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var latest time.Time
+	for i := range 2 * callers {
+		wg.Go(func() {
+			owner := "holder"
+			if i%2 == 1 {
+				owner = fmt.Sprint("other-", i)
+			}
+			for range rounds {
+				res, err := claim(owner)
+				switch {
+				case err != nil:
+					t.Errorf("%s: %v", owner, err)
+					return
+				case owner == "holder" && (!res.Granted || res.Created || res.Previous.OwnerID != "holder" || res.Current.OwnerID != "holder" || !res.Current.ExpiresAt.After(first.Current.ExpiresAt)):
+					t.Errorf("heartbeat = %+v; want an extension of the holder's lease", res)
+					return
+				case owner != "holder" && (res.Granted || res.Current.OwnerID != "holder"):
+					t.Errorf("%s's claim = %+v; want the holder's lease, not granted", owner, res)
+					return
+				}
+				if owner == "holder" {
+					mu.Lock()
+					if res.Current.ExpiresAt.After(latest) {
+						latest = res.Current.ExpiresAt
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := s.lockedClaims.Load(); n != 0 {
+		t.Errorf("%d claims took the row lock; want none", n)
+	}
+	stored, err := s.GetReservation(t.Context(), id)
+	if err != nil || stored.OwnerID != "holder" || !stored.ExpiresAt.Equal(latest) {
+		t.Errorf("stored %+v, %v; want the holder's latest lease, ending %v", stored, err, latest)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,9 +70,11 @@ func scanReservation(id ID, row pgx.Row) (Reservation, error) {
 // inserts the reservation if the key has none (INSERT ... ON CONFLICT DO
 // NOTHING: of two first-comers exactly one inserts) and reads the row with
 // whether it is live by the database's clock, in one statement. An insert
-// that won, or a live row held by another, is the answer. Only a row that
-// is the claimant's own or has expired goes on to the locked transaction,
-// which re-decides everything after the lock is held, as
+// that won, or a live row held by another, is the answer. The claimant's
+// own live row (a heartbeat) is extended by one more statement on the same
+// connection, without a transaction (extendOwnSQL). Only a row that has
+// expired, or changed under those statements, goes on to the locked
+// transaction, which re-decides everything after the lock is held, as
 // Tx.ClaimReservation does.
 //
 // The plain read is consistent on its own: its snapshot S precedes the
@@ -118,11 +121,13 @@ func (s *Store) ClaimReservation(ctx context.Context, c Claim) (ClaimResult, err
 var (
 	errNotDecided = errors.New("claim needs the row lock")
 	errNotRead    = errors.New("claim conflicted with a row its snapshot does not hold")
+	errOwnLive    = errors.New("claimant holds the live reservation")
 )
 
 // claimUnlocked is ClaimReservation's first round trip: it answers the claim
-// when the insert won or the row is live and another's, and otherwise ends
-// with errNotDecided or errNotRead. It runs detached
+// when the insert won or the row is live and another's, or, with a second
+// statement, when the row is the claimant's own and live, and otherwise
+// ends with errNotDecided or errNotRead. It runs detached
 // from the caller's cancellation, as every statement of the store does
 // (detach).
 func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, error) {
@@ -131,6 +136,9 @@ func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, err
 	var res ClaimResult
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		r, err := claimUnlockedOn(ctx, conn, c)
+		if errors.Is(err, errOwnLive) {
+			r, err = extendOwnOn(ctx, conn, c, r.Previous, s.lockTimeout)
+		}
 		if err == nil && r.Created {
 			if gone := callerGone(ctx, caller); gone != nil {
 				giveBack(ctx, conn, c, r.Current.ExpiresAt)
@@ -208,8 +216,56 @@ func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (ClaimRes
 		return ClaimResult{Created: true, Previous: r, Granted: true, Current: r}, nil
 	case live && r.OwnerID != c.OwnerID:
 		return ClaimResult{Previous: r, Current: r}, nil
+	case live:
+		return ClaimResult{Previous: r}, errOwnLive
 	}
 	return ClaimResult{}, errNotDecided
+}
+
+// extendOwnSQL extends the claimant's own live reservation: a heartbeat.
+// It needs no transaction and no lock of its own: only the holder changes a
+// live reservation, and the UPDATE's row lock orders the holder's
+// concurrent calls. If the row changed after the statement's snapshot (a
+// release, a takeover once it expired), PostgreSQL checks the WHERE again on
+// the row as it now is, clock read again, and extends only if it still
+// holds; else the claim goes on to the locked transaction.
+//
+// Its lock wait ends at the store's lock timeout ($8, milliseconds; NULL
+// keeps PostgreSQL's), as a transaction's does (Tx.send): set_config for
+// the statement's own implicit transaction, in a CTE the UPDATE joins, so
+// that it has run before the UPDATE can wait for the row.
+const extendOwnSQL = `
+	WITH bounded AS MATERIALIZED (
+		SELECT set_config('lock_timeout', coalesce($8, current_setting('lock_timeout')), true))
+	UPDATE reservations SET heartbeat_interval_ns = $6, expires_at = cache_now() + $7::interval
+	FROM bounded
+	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
+		AND owner_id = $5 AND expires_at > cache_now()
+	RETURNING reservations.heartbeat_interval_ns, reservations.expires_at`
+
+// extendOwnOn runs extendOwnSQL on conn for the claimant of previous, its
+// lock wait bounded by lockTimeout (zero: PostgreSQL's setting). It ends
+// with errNotDecided if the row is no longer the claimant's and live.
+func extendOwnOn(ctx context.Context, conn *pgxpool.Conn, c Claim, previous Reservation, lockTimeout time.Duration) (ClaimResult, error) {
+	var lockTimeoutMS *string
+	if lockTimeout > 0 {
+		ms := strconv.FormatInt(max(lockTimeout.Milliseconds(), 1), 10) // zero would mean no limit
+		lockTimeoutMS = &ms
+	}
+	id := c.ID
+	current := previous
+	var heartbeatNS int64
+	err := conn.QueryRow(ctx, extendOwnSQL,
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease, lockTimeoutMS,
+	).Scan(&heartbeatNS, &current.ExpiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ClaimResult{}, errNotDecided
+	}
+	if err != nil {
+		return ClaimResult{}, classify("claim reservation", err)
+	}
+	current.HeartbeatInterval, current.ExpiresAt = time.Duration(heartbeatNS), current.ExpiresAt.UTC()
+	return ClaimResult{Previous: previous, Granted: true, Current: current}, nil
 }
 
 // lockReservationSQL locks a reservation's row and reads it as it is once

@@ -233,6 +233,39 @@ func TestLockWaitPastLockTimeoutIsErrLockTimeout(t *testing.T) {
 	}
 }
 
+// TestHeartbeatPastLockTimeoutIsErrLockTimeout holds the holder's live
+// reservation row from outside: the holder's heartbeat through
+// Store.ClaimReservation, which extends the lease in a statement of its
+// own, gives up after the lock timeout too, while another claimant is still
+// answered without waiting.
+func TestHeartbeatPastLockTimeoutIsErrLockTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id := store.ID{"o", "p", "d", "k"}
+	c := store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute}
+	b.claim(t, c)
+	st, err := store.Open(b.ctx, store.Config{URL: b.url, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	unlock := lockFromOutside(t, b, id)
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second) // well below the store's minute
+	defer cancel()
+	if _, err := st.ClaimReservation(ctx, c); !errors.Is(err, store.ErrLockTimeout) {
+		t.Fatalf("heartbeat under the outside lock: err = %v, want ErrLockTimeout", err)
+	}
+	other := c
+	other.OwnerID = "w2"
+	if res, err := st.ClaimReservation(ctx, other); err != nil || res.Granted || res.Current.OwnerID != "w1" {
+		t.Fatalf("w2's claim under the outside lock = %+v, %v; want w1's reservation", res, err)
+	}
+	unlock()
+	if res, err := st.ClaimReservation(ctx, c); err != nil || !res.Granted || res.Previous.OwnerID != "w1" {
+		t.Fatalf("heartbeat after unlock = %+v, %v; want an extension", res, err)
+	}
+}
+
 // TestCacheNowFollowsTheTestClock checks the link between the migration's
 // clock function and pgtest's setting: a connection string's offset and a
 // database's offset both move cache_now(), and nothing else does.

@@ -42,7 +42,8 @@ func (cc *countedConn) Read(p []byte) (int, error) {
 // connection (its statements already prepared): one for Get, Put, Delete and
 // Release, two for a claim in a transaction (its lock timeout and its
 // reading of the clock included), one for Store.ClaimReservation's create
-// and held, two for its extend (the read, then the locked transaction).
+// and held, two for its extend (the read, then the extension: one
+// statement, no transaction).
 func TestRoundTrips(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -100,8 +101,8 @@ func TestRoundTrips(t *testing.T) {
 		{"claim, finding it held", 2, claim("w2")},
 		{"claim, extending it", 2, claim("w1")},
 		{"release", 1, func() error { _, err := s.ReleaseReservation(ctx, id, "w1"); return err }},
-		// Store.ClaimReservation needs the locked transaction only for the
-		// holder's own row or an expired one.
+		// Store.ClaimReservation needs the locked transaction only for an
+		// expired row.
 		{"store claim, creating the reservation", 1, storeClaim("w1")},
 		{"store claim, finding it held", 1, storeClaim("w2")},
 		{"store claim, extending it", 2, storeClaim("w1")},
