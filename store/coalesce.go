@@ -111,11 +111,18 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 				d = b.callerDeadline
 			}
 		}
+		released := false
+		defer func() {
+			if !released { // serve panicked
+				conn.Release()
+			}
+		}()
 		q.serve(conn, ops, batch, d)
 		// Back before await: a call the shared statement left to be read
 		// alone (a large entry, a failed batch) takes a connection of its
 		// own, and with every other one busy it would wait for this one.
 		conn.Release()
+		released = true
 		return q.await(s, ops, call)
 	}
 	go func() {

@@ -230,6 +230,15 @@ func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (ClaimRes
 // the row as it now is, clock read again, and extends only if it still
 // holds; else the claim goes on to the locked transaction.
 //
+// A row only locked meanwhile (a locked claim that found the lease live,
+// or a session from outside) is not checked again: the WHERE and the new
+// expiry keep the clock read before the wait. RETURNING reads the clock
+// after the write, and a lease that lost more than an eighth of its length
+// ($9) to such a wait goes on to the locked transaction, which extends it
+// again from the clock read after its lock: no heartbeat is granted a
+// lease that ran out while it waited. The eighth, not less: a statement
+// delayed by a busy machine alone need not take the lock.
+//
 // Its lock wait ends at the store's lock timeout ($8, milliseconds; NULL
 // keeps PostgreSQL's), as a transaction's does (Tx.send): set_config for
 // the statement's own implicit transaction, in a CTE the UPDATE joins, so
@@ -241,7 +250,8 @@ const extendOwnSQL = `
 	FROM bounded
 	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4
 		AND owner_id = $5 AND expires_at > cache_now()
-	RETURNING reservations.heartbeat_interval_ns, reservations.expires_at`
+	RETURNING reservations.heartbeat_interval_ns, reservations.expires_at,
+		cache_now() - (reservations.expires_at - $7::interval) > $9::interval`
 
 // extendOwnOn runs extendOwnSQL on conn for the claimant of previous, its
 // lock wait bounded by lockTimeout (zero: PostgreSQL's setting). It ends
@@ -255,10 +265,11 @@ func extendOwnOn(ctx context.Context, conn *pgxpool.Conn, c Claim, previous Rese
 	id := c.ID
 	current := previous
 	var heartbeatNS int64
+	var waited bool
 	err := conn.QueryRow(ctx, extendOwnSQL,
-		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease, lockTimeoutMS,
-	).Scan(&heartbeatNS, &current.ExpiresAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease, lockTimeoutMS, c.Lease/8,
+	).Scan(&heartbeatNS, &current.ExpiresAt, &waited)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && waited {
 		return ClaimResult{}, errNotDecided
 	}
 	if err != nil {

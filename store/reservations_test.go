@@ -244,11 +244,21 @@ func TestHeartbeatPastLockTimeoutIsErrLockTimeout(t *testing.T) {
 	id := store.ID{"o", "p", "d", "k"}
 	c := store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: time.Second, Lease: time.Minute}
 	b.claim(t, c)
-	st, err := store.Open(b.ctx, store.Config{URL: b.url, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
+	// One connection: the lock timeout set for the heartbeat's statement
+	// must not stay with the connection for what runs on it next.
+	st, err := store.Open(b.ctx, store.Config{URL: b.url, MaxConns: 1, Timeout: time.Minute, LockTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	showLockTimeout := func() (v string) {
+		t.Helper()
+		if err := st.Pool().QueryRow(b.ctx, "SHOW lock_timeout").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := showLockTimeout()
 	unlock := lockFromOutside(t, b, id)
 	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second) // well below the store's minute
 	defer cancel()
@@ -263,6 +273,39 @@ func TestHeartbeatPastLockTimeoutIsErrLockTimeout(t *testing.T) {
 	unlock()
 	if res, err := st.ClaimReservation(ctx, c); err != nil || !res.Granted || res.Previous.OwnerID != "w1" {
 		t.Fatalf("heartbeat after unlock = %+v, %v; want an extension", res, err)
+	}
+	if after := showLockTimeout(); after != before {
+		t.Fatalf("lock_timeout on the store's connection is %q after heartbeats, was %q", after, before)
+	}
+}
+
+// TestHeartbeatThatWaitedForTheLockGetsAFullLease locks the holder's row
+// from outside, without changing it, for longer than the lease: the
+// heartbeat that waited for the lock is granted a lease counted from the
+// database's clock after the wait, not one that ran out while it waited.
+func TestHeartbeatThatWaitedForTheLockGetsAFullLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t) // lock timeout 5s
+	id := store.ID{"o", "p", "d", "k"}
+	c := store.Claim{ID: id, OwnerID: "w1", HeartbeatInterval: 500 * time.Millisecond, Lease: time.Second}
+	b.claim(t, c)
+	unlock := lockFromOutside(t, b, id)
+	type answer struct {
+		res store.ClaimResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := b.store.ClaimReservation(b.ctx, c)
+		done <- answer{res, err}
+	}()
+	waitForLockWaiter(t, b)
+	time.Sleep(c.Lease + c.Lease/2) // a lease counted from before the wait runs out
+	unlock()
+	got := <-done
+	now := b.clock.Now(t)
+	if got.err != nil || !got.res.Granted || got.res.Current.OwnerID != "w1" || !got.res.Current.ExpiresAt.After(now) {
+		t.Fatalf("heartbeat after waiting for the lock = %+v, %v; want w1's lease, ending after %v", got.res, got.err, now)
 	}
 }
 

@@ -136,8 +136,10 @@ type ClaimResult struct {
 	// Created is true when the key had no reservation and the claim
 	// inserted one.
 	Created bool
-	// Previous is the reservation as it was once its row lock was held
-	// (when Created, as the claim inserted it).
+	// Previous is the reservation as the claim found it: once its row lock
+	// was held, or, for Store.ClaimReservation's claims that take no lock
+	// (held by another, a heartbeat), in the snapshot of its first
+	// statement; when Created, as the claim inserted it.
 	Previous Reservation
 	// Granted is true when the claimant holds the reservation now.
 	Granted bool
