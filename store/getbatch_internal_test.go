@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // oneConnStore opens a store whose pool has a single connection, with
@@ -21,6 +23,23 @@ func oneConnStore(t *testing.T) *Store {
 		}
 	}
 	return s
+}
+
+// oneConnStoreHeld is oneConnStore with an entry "big", too large for a
+// shared statement, stored too, and the pool's only connection held: Gets
+// queue until held is released.
+func oneConnStoreHeld(t *testing.T) (s *Store, big []byte, held *pgxpool.Conn) {
+	t.Helper()
+	s = oneConnStore(t)
+	big = bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
+	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, big, held
 }
 
 // waitQueued waits, boundedly, until n Gets wait in s's queue.
@@ -44,15 +63,7 @@ func waitQueued(t *testing.T, s *Store, n int) {
 // its own answer.
 func TestGetsThatQueuedShareOneStatement(t *testing.T) {
 	t.Parallel()
-	s := oneConnStore(t)
-	big := bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
-	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := s.pool.Acquire(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, big, held := oneConnStoreHeld(t)
 	keys := []string{"k0"}
 	for i := range 20 {
 		keys = append(keys, fmt.Sprint("k", i)) // k0 twice, k10..k19 missing
@@ -151,15 +162,7 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 // connection it holds itself.
 func TestALargeEntryIsReadAloneByTheCallerWhoServedTheBatch(t *testing.T) {
 	t.Parallel()
-	s := oneConnStore(t)
-	big := bytes.Repeat([]byte{'x'}, maxBatchedInline+1)
-	if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", "big"}, Inline: big}, Replace{}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := s.pool.Acquire(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, big, held := oneConnStoreHeld(t)
 	var wg sync.WaitGroup
 	var bigGot Entry
 	var bigErr error
