@@ -14,10 +14,8 @@ import (
 	"github.com/cacheservice/cacheservice/auth"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
-	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
-	"github.com/cacheservice/cacheservice/store"
 )
 
 // BenchmarkEdgeAuthCost calls Get through the whole edge over loopback HTTP
@@ -25,11 +23,7 @@ import (
 // reaches the database and the difference between the sub-benchmarks is
 // what authentication costs per call, HTTP and interceptors included.
 func BenchmarkEdgeAuthCost(b *testing.B) {
-	st, err := store.Open(b.Context(), store.Config{URL: pgtest.NewDatabase(b), MaxConns: 2})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(st.Close)
+	st := openStore(b)
 	const token = "bench-token"
 	sum := sha256.Sum256([]byte(token))
 	file := filepath.Join(b.TempDir(), "auth.yaml")

@@ -14,10 +14,8 @@ import (
 	"github.com/cacheservice/cacheservice/auth"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/gen/flyteidl2/cacheservice/v2/flytecachev2connect"
-	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
-	"github.com/cacheservice/cacheservice/store"
 )
 
 func TestProceduresListEveryRPCOfCacheService(t *testing.T) {
@@ -49,11 +47,7 @@ func TestProceduresListEveryRPCOfCacheService(t *testing.T) {
 // rejected it, since it runs outside validation.
 func TestEdgeServesEveryProcedureBehindTheCallersInterceptors(t *testing.T) {
 	t.Parallel()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st := openStore(t)
 	var mu sync.Mutex
 	seen := map[string]connect.Code{}
 	record := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {

@@ -14,10 +14,8 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
-	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/cacheservice/cacheservice/manager"
 	"github.com/cacheservice/cacheservice/service"
-	"github.com/cacheservice/cacheservice/store"
 )
 
 const healthCheckProcedure = "/" + grpchealth.HealthV1ServiceName + "/Check"
@@ -68,11 +66,7 @@ func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 // must all get through.
 func TestUnaryResponsesAreNotFlushedButStreamsAre(t *testing.T) {
 	t.Parallel()
-	st, err := store.Open(t.Context(), store.Config{URL: pgtest.NewDatabase(t), MaxConns: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
+	st := openStore(t)
 	counter := &flushCounter{byPath: map[string]int{}}
 	srv := httptest.NewUnstartedServer(counter.wrap(service.NewEdge(manager.New(st, manager.Config{}, nil), service.Options{})))
 	srv.EnableHTTP2 = true

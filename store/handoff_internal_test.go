@@ -36,6 +36,17 @@ func detachStore(t *testing.T) *Store {
 	return openStore(t, Config{MaxConns: 2, Timeout: 2 * time.Second})
 }
 
+// callerWithin returns a caller whose deadline is d from now, and the
+// store's context for it; both end at cleanup.
+func callerWithin(t *testing.T, s *Store, d time.Duration) (caller, ctx context.Context) {
+	t.Helper()
+	caller, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	ctx, stop := s.deadline(caller)
+	t.Cleanup(stop)
+	return caller, ctx
+}
+
 // TestPromisedAnswerReachesACallerPastItsDeadline replays the interleaving
 // that orphaned a grant: the caller's deadline (before the store's, so the
 // statement runs on a goroutine of its own) passes after the statement
@@ -46,10 +57,7 @@ func detachStore(t *testing.T) *Store {
 func TestPromisedAnswerReachesACallerPastItsDeadline(t *testing.T) {
 	t.Parallel()
 	s := detachStore(t)
-	caller, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-	defer cancel()
-	ctx, stop := s.deadline(caller)
-	defer stop()
+	caller, ctx := callerWithin(t, s, 200*time.Millisecond)
 	if s.runsHere(ctx) {
 		t.Fatal("a caller whose deadline comes first runs here; want a goroutine of its own")
 	}
@@ -76,10 +84,7 @@ func TestPromisedAnswerReachesACallerPastItsDeadline(t *testing.T) {
 func TestCallerWhoLeftIsToldSoToItsStatement(t *testing.T) {
 	t.Parallel()
 	s := detachStore(t)
-	caller, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
-	defer cancel()
-	ctx, stop := s.deadline(caller)
-	defer stop()
+	caller, ctx := callerWithin(t, s, 100*time.Millisecond)
 	told := make(chan error, 1)
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 		_, err := conn.Exec(ctx, "SELECT pg_sleep(0.3)") // outlives the caller
