@@ -185,9 +185,15 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	}
 
 	mux := http.NewServeMux()
+	services := make(map[protoreflect.FullName]http.Handler, len(mounts))
 	for _, s := range mounts {
 		path, h := s.handler(m, opts.Handlers, handlerOpts...)
-		mux.Handle(path, protect(h))
+		services[s.desc.FullName()] = protect(h)
+		mux.Handle(path, services[s.desc.FullName()])
+	}
+	api := make(map[string]http.Handler)
+	for path, md := range mountedMethods() {
+		api[path] = services[md.Parent().FullName()]
 	}
 	readiness := NewReadiness(m, opts.Readiness, opts.Logger)
 	mux.Handle(grpchealth.NewHandler(readiness))
@@ -198,7 +204,35 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	reflector := grpcreflect.NewStaticReflector(append(serviceNames(), grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	return withCORS(limits.handler(mux), opts.CORSAllowedOrigins, opts.Auth != nil)
+	return withCORS(limits.handler(byPath(api, mux)), opts.CORSAllowedOrigins, opts.Auth != nil)
+}
+
+// RouteProcedures sends a request for one of the API's procedures
+// (Procedures) straight to edge and every other request to rest, which
+// should route them to edge too: for those paths it picks what rest would,
+// without rest's pattern matching.
+func RouteProcedures(edge, rest http.Handler) http.Handler {
+	api := make(map[string]http.Handler)
+	for path := range mountedMethods() {
+		api[path] = edge
+	}
+	return byPath(api, rest)
+}
+
+// byPath serves a request whose path is a key of exact with that handler,
+// and every other with fallback. A ServeMux matches patterns on every
+// request (cleaning the path, walking its tree); the API's procedures are
+// fixed, clean paths, so a map finds their handler for less (two ServeMux
+// look-ups were 3 % of the server's CPU per gRPC Get). Paths that are not
+// exactly a key, unclean ones included, still go through fallback.
+func byPath(exact map[string]http.Handler, fallback http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, ok := exact[r.URL.Path]; ok {
+			h.ServeHTTP(w, r)
+			return
+		}
+		fallback.ServeHTTP(w, r)
+	})
 }
 
 // withCORS lets the configured browser origins call every protocol Connect

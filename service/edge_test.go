@@ -92,3 +92,38 @@ func TestEveryMountedProcedureHasARole(t *testing.T) {
 		}
 	}
 }
+
+// TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge checks the shortcut
+// past the server's ServeMux: each procedure reaches the edge without the
+// mux; any other path, an unclean spelling of a procedure included, goes
+// through the mux, which redirects or routes it as it always did.
+func TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge(t *testing.T) {
+	t.Parallel()
+	var reached string
+	edge := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached = "edge" })
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(http.ResponseWriter, *http.Request) { reached = "mux" })
+	h := service.RouteProcedures(edge, mux)
+	route := func(path string) (string, int) {
+		reached = ""
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, nil))
+		return reached, rec.Code
+	}
+	for _, p := range service.Procedures() {
+		if got, _ := route(p); got != "edge" {
+			t.Errorf("%s reached %q, want the edge directly", p, got)
+		}
+	}
+	for _, p := range []string{"/", "/metrics", "/readyz", "/" + cachev1connect.CacheServiceName + "/Nope", "/" + cachev1connect.CacheServiceName + "/Get/"} {
+		if got, _ := route(p); got != "mux" {
+			t.Errorf("%s reached %q, want the mux", p, got)
+		}
+	}
+	// An unclean path is the mux's to redirect, as before the shortcut.
+	for _, p := range []string{"/x/.." + cachev1connect.CacheServiceGetProcedure, "/" + cachev1connect.CacheServiceGetProcedure} {
+		if got, code := route(p); got != "" || code/100 != 3 {
+			t.Errorf("%s reached %q with status %d, want the mux's redirect", p, got, code)
+		}
+	}
+}

@@ -41,7 +41,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 	// The API edge answers everything but the operator endpoints that
 	// ops.start mounts beside it.
 	mux := http.NewServeMux()
-	mux.Handle("/", service.NewEdge(m, service.Options{
+	edge := service.NewEdge(m, service.Options{
 		Handlers:           apiHandlers(logger),
 		Logger:             logger,
 		Interceptors:       ops.interceptors(),
@@ -51,7 +51,8 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 		ResponseBudget:     int64(cfg.HTTP.ResponseBudget),
 		OnCut:              ops.metrics.ObserveCut,
 		Auth:               sec.auth,
-	}))
+	})
+	mux.Handle("/", edge)
 	ops.metrics.Register(sec.collectors()...)
 
 	// The sweeper and the metrics listener stop with ctx, or when the API
@@ -62,7 +63,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 		return err
 	}
 
-	srv := newHTTPServer(mux, logger, cfg.HTTP)
+	srv := newHTTPServer(service.RouteProcedures(edge, mux), logger, cfg.HTTP)
 	sec.serveTLS(srv)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind),
 		slog.Bool("tls", sec.tls != nil), slog.Bool("auth", sec.auth != nil))
