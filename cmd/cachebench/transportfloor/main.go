@@ -1,0 +1,166 @@
+// Command transportfloor is the transport floor without the edge: the
+// canned answers of package floor served bare, so that cachebench can
+// compare transports on their own. It is a measuring tool, never part of
+// the server.
+//
+// Built as it is, it serves gRPC (HTTP/2 with prior knowledge) with grpc-go
+// and everything else (HTTP/1.1: the Connect protocol, and cachebench's
+// readiness probe) with connect-go on Go's HTTP server. Built with
+//
+//	go build -ldflags '-X main.transport=net/http' ./cmd/cachebench/transportfloor
+//
+// it serves everything with connect-go on Go's HTTP server, as cacheservice
+// does. cachebench starts it as it starts the server:
+//
+//	transportfloor serve --addr 127.0.0.1:PORT [other flags, ignored]
+//
+// What it leaves out, on purpose: the edge (interceptors, validation,
+// limits, authentication) and a gRPC connection that carries another
+// protocol later, which the split by the first bytes of a connection
+// cannot serve. docs/BENCHMARKS.md reports what it measured.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+
+	"connectrpc.com/connect"
+	"google.golang.org/grpc"
+
+	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+)
+
+// transport is "grpc-go" or "net/http"; set with -ldflags -X.
+var transport = "grpc-go"
+
+func main() {
+	addr, err := addrFlag(os.Args[1:])
+	if err == nil {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			err = serve(ln, transport)
+		}
+	}
+	fmt.Fprintln(os.Stderr, "transportfloor:", err)
+	os.Exit(1)
+}
+
+// addrFlag finds --addr in the arguments cachebench passes to a server
+// (serve --addr A --database-url U ...); the others mean nothing here.
+func addrFlag(args []string) (string, error) {
+	for i, a := range args {
+		if (a == "--addr" || a == "-addr") && i+1 < len(args) {
+			return args[i+1], nil
+		}
+	}
+	return "", errors.New("usage: transportfloor serve --addr HOST:PORT")
+}
+
+// serve answers on ln until it fails: with connect-go on Go's HTTP server,
+// and with grpc-go for the connections that open with HTTP/2's preface
+// when transport is "grpc-go".
+func serve(ln net.Listener, transport string) error {
+	canned := floor.Handlers().Cache
+	mux := http.NewServeMux()
+	mux.Handle(cachev1connect.NewCacheServiceHandler(canned,
+		connect.WithCompressMinBytes(4096))) // as the server: no gzip for small responses
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: protocols}
+	switch transport {
+	case "net/http":
+		return hs.Serve(ln)
+	case "grpc-go":
+	default:
+		return fmt.Errorf("unknown transport %q", transport)
+	}
+	gs := grpc.NewServer()
+	gs.RegisterService(cacheServiceDesc(canned), nil)
+	http1, http2 := newQueue(ln.Addr()), newQueue(ln.Addr())
+	go func() { _ = hs.Serve(http1) }()
+	go func() { _ = gs.Serve(http2) }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go route(c, http1, http2)
+	}
+}
+
+// route hands c to h2 if it opens with HTTP/2's connection preface, which
+// begins "PRI", else to h1.
+func route(c net.Conn, h1, h2 *queue) {
+	r := bufio.NewReader(c)
+	start, err := r.Peek(3)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	conn := &peeked{Conn: c, r: r}
+	if string(start) == "PRI" {
+		h2.conns <- conn
+	} else {
+		h1.conns <- conn
+	}
+}
+
+// peeked is a connection whose first bytes were read into r.
+type peeked struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peeked) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// queue is a listener whose connections another listener accepted.
+type queue struct {
+	conns chan net.Conn
+	addr  net.Addr
+}
+
+func newQueue(addr net.Addr) *queue { return &queue{conns: make(chan net.Conn), addr: addr} }
+
+func (q *queue) Accept() (net.Conn, error) { return <-q.conns, nil }
+func (q *queue) Close() error              { return nil }
+func (q *queue) Addr() net.Addr            { return q.addr }
+
+// cacheServiceDesc serves impl's unary methods with grpc-go: each decodes
+// its request, calls impl as the Connect handler would, and returns the
+// message, so both transports encode the very same answers.
+func cacheServiceDesc(impl cachev1connect.CacheServiceHandler) *grpc.ServiceDesc {
+	return &grpc.ServiceDesc{
+		ServiceName: "cacheservice.v1.CacheService",
+		HandlerType: (*cachev1connect.CacheServiceHandler)(nil),
+		Methods: []grpc.MethodDesc{
+			unary("Get", impl.Get),
+			unary("Put", impl.Put),
+			unary("Delete", impl.Delete),
+			unary("GetOrExtendReservation", impl.GetOrExtendReservation),
+			unary("ReleaseReservation", impl.ReleaseReservation),
+		},
+		Metadata: cachev1.File_cacheservice_v1_cache_proto.Path(),
+	}
+}
+
+func unary[Req, Res any](name string, call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error)) grpc.MethodDesc {
+	return grpc.MethodDesc{MethodName: name, Handler: func(_ any, ctx context.Context, decode func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		req := new(Req)
+		if err := decode(req); err != nil {
+			return nil, err
+		}
+		res, err := call(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg, nil
+	}}
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+)
+
+// TestBothTransportsAnswerTheCannedCalls serves each transport on a
+// loopback port and calls it as cachebench does: gRPC over HTTP/2 and the
+// Connect protocol over HTTP/1.1 get the floor's answers. The Connect
+// protocol over HTTP/2 tells the transports apart: grpc-go, which then
+// owns every HTTP/2 connection, refuses it.
+func TestBothTransportsAnswerTheCannedCalls(t *testing.T) {
+	t.Parallel()
+	http1 := &http.Client{}
+	h2c := &http.Client{Transport: &http.Transport{
+		Protocols: func() *http.Protocols {
+			p := new(http.Protocols)
+			p.SetUnencryptedHTTP2(true)
+			return p
+		}(),
+	}}
+	for _, tr := range []string{"grpc-go", "net/http"} {
+		t.Run(tr, func(t *testing.T) {
+			t.Parallel()
+			url := start(t, tr)
+			calls := []struct {
+				name     string
+				client   *http.Client
+				opts     []connect.ClientOption
+				answered bool
+			}{
+				{"grpc", h2c, []connect.ClientOption{connect.WithGRPC()}, true},
+				{"connect over HTTP/1.1", http1, nil, true},
+				{"connect over HTTP/2", h2c, nil, tr == "net/http"},
+			}
+			for _, c := range calls {
+				client := cachev1connect.NewCacheServiceClient(c.client, url, c.opts...)
+				got, err := client.Get(t.Context(), connect.NewRequest(&cachev1.GetRequest{Key: "k"}))
+				if !c.answered {
+					if err == nil {
+						t.Errorf("%s: answered, want it refused by grpc-go", c.name)
+					}
+					continue
+				}
+				if err != nil || len(got.Msg.GetOutput().GetInline()) != floor.PayloadBytes {
+					t.Fatalf("%s: Get = %v, %v; want the canned %d-byte output", c.name, got, err, floor.PayloadBytes)
+				}
+				claim, err := client.GetOrExtendReservation(t.Context(), connect.NewRequest(
+					&cachev1.GetOrExtendReservationRequest{Key: "k", OwnerId: "me"}))
+				if err != nil || claim.Msg.GetReservation().GetOwnerId() != "me" {
+					t.Fatalf("%s: claim = %v, %v; want it granted to its caller", c.name, claim, err)
+				}
+			}
+		})
+	}
+}
+
+// start serves transport on a loopback port until the test ends.
+func start(t *testing.T, transport string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() { _ = serve(ln, transport) }()
+	return "http://" + ln.Addr().String()
+}
+
+func TestAddrFlagIsFoundAmongTheServersFlags(t *testing.T) {
+	t.Parallel()
+	got, err := addrFlag([]string{"serve", "--addr", "127.0.0.1:1", "--database-url", "postgres://x"})
+	if err != nil || got != "127.0.0.1:1" {
+		t.Errorf("addrFlag = %q, %v; want 127.0.0.1:1", got, err)
+	}
+	if _, err := addrFlag([]string{"serve"}); err == nil {
+		t.Error("addrFlag without --addr: no error")
+	}
+	if err := serve(nil, "quic"); err == nil {
+		t.Error("serve with an unknown transport: no error")
+	}
+}
