@@ -224,10 +224,12 @@ func RouteProcedures(edge, rest http.Handler) http.Handler {
 // request (cleaning the path, walking its tree); the API's procedures are
 // fixed, clean paths, so a map finds their handler for less (two ServeMux
 // look-ups were 3 % of the server's CPU per gRPC Get). Paths that are not
-// exactly a key, unclean ones included, still go through fallback.
+// exactly a key, unclean ones included, still go through fallback, and so
+// do escaped ones (RawPath set, such as %2F for a slash), which ServeMux
+// matches in their escaped form.
 func byPath(exact map[string]http.Handler, fallback http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h, ok := exact[r.URL.Path]; ok {
+		if h, ok := exact[r.URL.Path]; ok && r.URL.RawPath == "" {
 			h.ServeHTTP(w, r)
 			return
 		}

@@ -115,7 +115,8 @@ func TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge(t *testing.T) {
 			t.Errorf("%s reached %q, want the edge directly", p, got)
 		}
 	}
-	for _, p := range []string{"/", "/metrics", "/readyz", "/" + cachev1connect.CacheServiceName + "/Nope", "/" + cachev1connect.CacheServiceName + "/Get/"} {
+	for _, p := range []string{"/", "/metrics", "/readyz", "/" + cachev1connect.CacheServiceName + "/Nope",
+		"/" + cachev1connect.CacheServiceName + "/Get/", "/" + cachev1connect.CacheServiceName + "%2FGet"} {
 		if got, _ := route(p); got != "mux" {
 			t.Errorf("%s reached %q, want the mux", p, got)
 		}
