@@ -4,6 +4,7 @@ import (
 	"iter"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"connectrpc.com/connect"
@@ -207,16 +208,21 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	return withCORS(limits.handler(byPath(api, mux)), opts.CORSAllowedOrigins, opts.Auth != nil)
 }
 
-// RouteProcedures sends a request for one of the API's procedures
-// (Procedures) straight to edge and every other request to rest, which
-// should route them to edge too: for those paths it picks what rest would,
-// without rest's pattern matching.
-func RouteProcedures(edge, rest http.Handler) http.Handler {
+// RouteProcedures serves mux, but sends a request for one of the API's
+// procedures (Procedures) straight to edge when mux would route it to
+// pattern, the pattern edge is mounted at: the same choice, without mux's
+// pattern matching on every call. A procedure that mux routes elsewhere
+// (a more specific pattern mounted later) keeps going through mux; so
+// mount everything on mux before calling this.
+func RouteProcedures(mux *http.ServeMux, pattern string, edge http.Handler) http.Handler {
 	api := make(map[string]http.Handler)
 	for path := range mountedMethods() {
-		api[path] = edge
+		probe := &http.Request{Method: http.MethodPost, URL: &url.URL{Path: path}, Host: "localhost"}
+		if _, p := mux.Handler(probe); p == pattern {
+			api[path] = edge
+		}
 	}
-	return byPath(api, rest)
+	return byPath(api, mux)
 }
 
 // byPath serves a request whose path is a key of exact with that handler,

@@ -94,16 +94,19 @@ func TestEveryMountedProcedureHasARole(t *testing.T) {
 }
 
 // TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge checks the shortcut
-// past the server's ServeMux: each procedure reaches the edge without the
-// mux; any other path, an unclean spelling of a procedure included, goes
-// through the mux, which redirects or routes it as it always did.
+// past the server's ServeMux: each procedure the mux routes to the edge's
+// pattern reaches the edge without the mux; one it routes elsewhere, and
+// any other path (an unclean or escaped spelling of a procedure included),
+// goes through the mux, which redirects or routes it as it always did.
 func TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge(t *testing.T) {
 	t.Parallel()
 	var reached string
 	edge := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached = "edge" })
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(http.ResponseWriter, *http.Request) { reached = "mux" })
-	h := service.RouteProcedures(edge, mux)
+	// A route of its own for one procedure: the mux's choice must win.
+	mux.HandleFunc(cachev1connect.CacheServiceDeleteProcedure, func(http.ResponseWriter, *http.Request) { reached = "own" })
+	h := service.RouteProcedures(mux, "/", edge)
 	route := func(path string) (string, int) {
 		reached = ""
 		rec := httptest.NewRecorder()
@@ -111,8 +114,12 @@ func TestRouteProceduresSendsOnlyTheAPIStraightToTheEdge(t *testing.T) {
 		return reached, rec.Code
 	}
 	for _, p := range service.Procedures() {
-		if got, _ := route(p); got != "edge" {
-			t.Errorf("%s reached %q, want the edge directly", p, got)
+		want := "edge"
+		if p == cachev1connect.CacheServiceDeleteProcedure {
+			want = "own"
+		}
+		if got, _ := route(p); got != want {
+			t.Errorf("%s reached %q, want %q", p, got, want)
 		}
 	}
 	for _, p := range []string{"/", "/metrics", "/readyz", "/" + cachev1connect.CacheServiceName + "/Nope",

@@ -63,7 +63,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 		return err
 	}
 
-	srv := newHTTPServer(service.RouteProcedures(edge, mux), logger, cfg.HTTP)
+	srv := newHTTPServer(service.RouteProcedures(mux, "/", edge), logger, cfg.HTTP)
 	sec.serveTLS(srv)
 	logger.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("database", db.kind),
 		slog.Bool("tls", sec.tls != nil), slog.Bool("auth", sec.auth != nil))
