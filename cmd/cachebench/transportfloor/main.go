@@ -3,21 +3,23 @@
 // compare transports on their own. It is a measuring tool, never part of
 // the server.
 //
-// Built as it is, it serves gRPC (HTTP/2 with prior knowledge) with grpc-go
-// and everything else (HTTP/1.1: the Connect protocol, and cachebench's
-// readiness probe) with connect-go on Go's HTTP server. Built with
+// Built as it is, it serves every connection that opens with HTTP/2's
+// preface (gRPC without TLS) with grpc-go, and HTTP/1.1 (the Connect
+// protocol, and cachebench's readiness probe) with connect-go on Go's HTTP
+// server. Built with
 //
 //	go build -ldflags '-X main.transport=net/http' ./cmd/cachebench/transportfloor
 //
-// it serves everything with connect-go on Go's HTTP server, as cacheservice
-// does. cachebench starts it as it starts the server:
+// it serves everything with connect-go on Go's HTTP server, with the HTTP/2
+// limits the server sets. cachebench starts it as it starts the server:
 //
 //	transportfloor serve --addr 127.0.0.1:PORT [other flags, ignored]
 //
-// What it leaves out, on purpose: the edge (interceptors, validation,
-// limits, authentication) and a gRPC connection that carries another
-// protocol later, which the split by the first bytes of a connection
-// cannot serve. docs/BENCHMARKS.md reports what it measured.
+// Only our CacheService is served, so cachebench's grpc and connect-proto
+// protocols work with both builds; connect-h2 (the Connect protocol over
+// HTTP/2, which grpc-go refuses) and connect-json work only with the
+// net/http build, and flyte with neither. Left out on purpose: the edge
+// (interceptors, validation, the response budget, authentication).
 package main
 
 import (
@@ -28,6 +30,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/grpc"
@@ -65,16 +68,14 @@ func addrFlag(args []string) (string, error) {
 
 // serve answers on ln until it fails: with connect-go on Go's HTTP server,
 // and with grpc-go for the connections that open with HTTP/2's preface
-// when transport is "grpc-go".
+// when transport is "grpc-go". Both stop when it returns.
 func serve(ln net.Listener, transport string) error {
 	canned := floor.Handlers().Cache
 	mux := http.NewServeMux()
 	mux.Handle(cachev1connect.NewCacheServiceHandler(canned,
 		connect.WithCompressMinBytes(4096))) // as the server: no gzip for small responses
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: protocols}
+	hs := newHTTPServer(mux)
+	defer hs.Close()
 	switch transport {
 	case "net/http":
 		return hs.Serve(ln)
@@ -82,9 +83,12 @@ func serve(ln net.Listener, transport string) error {
 	default:
 		return fmt.Errorf("unknown transport %q", transport)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams))
+	defer gs.Stop()
 	gs.RegisterService(cacheServiceDesc(canned), nil)
-	http1, http2 := newQueue(ln.Addr()), newQueue(ln.Addr())
+	done := make(chan struct{})
+	defer close(done)
+	http1, http2 := newQueue(ln.Addr(), done), newQueue(ln.Addr(), done)
 	go func() { _ = hs.Serve(http1) }()
 	go func() { _ = gs.Serve(http2) }()
 	for {
@@ -96,20 +100,51 @@ func serve(ln net.Listener, transport string) error {
 	}
 }
 
+// maxStreams is the server's default --http2-max-streams.
+const maxStreams = 100
+
+// newHTTPServer is Go's HTTP server with the limits cacheservice sets on it
+// by default (cmd/cacheservice's newHTTPServer), which cost per call too:
+// a write deadline around every write to a connection, among others.
+func newHTTPServer(h http.Handler) *http.Server {
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          maxStreams,
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+			WriteByteTimeout:              10 * time.Second,
+		},
+	}
+}
+
 // route hands c to h2 if it opens with HTTP/2's connection preface, which
 // begins "PRI", else to h1.
 func route(c net.Conn, h1, h2 *queue) {
 	r := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	start, err := r.Peek(3)
+	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
 		_ = c.Close()
 		return
 	}
-	conn := &peeked{Conn: c, r: r}
+	to := h1
 	if string(start) == "PRI" {
-		h2.conns <- conn
-	} else {
-		h1.conns <- conn
+		to = h2
+	}
+	select {
+	case to.conns <- &peeked{Conn: c, r: r}:
+	case <-to.done:
+		_ = c.Close()
 	}
 }
 
@@ -121,24 +156,36 @@ type peeked struct {
 
 func (c *peeked) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// queue is a listener whose connections another listener accepted.
+// queue is a listener whose connections another listener accepted; it
+// fails once done is closed.
 type queue struct {
 	conns chan net.Conn
+	done  <-chan struct{}
 	addr  net.Addr
 }
 
-func newQueue(addr net.Addr) *queue { return &queue{conns: make(chan net.Conn), addr: addr} }
+func newQueue(addr net.Addr, done <-chan struct{}) *queue {
+	return &queue{conns: make(chan net.Conn), done: done, addr: addr}
+}
 
-func (q *queue) Accept() (net.Conn, error) { return <-q.conns, nil }
-func (q *queue) Close() error              { return nil }
-func (q *queue) Addr() net.Addr            { return q.addr }
+func (q *queue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.conns:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *queue) Close() error   { return nil }
+func (q *queue) Addr() net.Addr { return q.addr }
 
 // cacheServiceDesc serves impl's unary methods with grpc-go: each decodes
 // its request, calls impl as the Connect handler would, and returns the
 // message, so both transports encode the very same answers.
 func cacheServiceDesc(impl cachev1connect.CacheServiceHandler) *grpc.ServiceDesc {
 	return &grpc.ServiceDesc{
-		ServiceName: "cacheservice.v1.CacheService",
+		ServiceName: cachev1connect.CacheServiceName,
 		HandlerType: (*cachev1connect.CacheServiceHandler)(nil),
 		Methods: []grpc.MethodDesc{
 			unary("Get", impl.Get),
