@@ -213,7 +213,8 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 // pattern, the pattern edge is mounted at: the same choice, without mux's
 // pattern matching on every call. A procedure that mux routes elsewhere
 // (a more specific pattern mounted later) keeps going through mux; so
-// mount everything on mux before calling this.
+// mount everything on mux before calling this. The probe is a POST: a
+// pattern that names another method is not seen.
 func RouteProcedures(mux *http.ServeMux, pattern string, edge http.Handler) http.Handler {
 	api := make(map[string]http.Handler)
 	for path := range mountedMethods() {
