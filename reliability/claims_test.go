@@ -19,10 +19,11 @@ import (
 // over three in-process replicas on one database claim a key that holder
 // "h" holds, all at once, h among them: while the lease is live every
 // claimant (answered from a plain read, and h by the one statement that
-// extends its own live lease) is told h, and h keeps it. Then the database's clock passes the lease and the
-// 64 race again: exactly one takes over (h, when it races, may win too: it
-// claims as an owner whose lease ran out), and every one is told that owner. Trial
-// after trial, never two owners.
+// extends its own live lease) is told h, and h keeps it. Then the
+// database's clock passes the lease and the 64 race again: exactly one
+// takes over (h, when it races, may win too: it claims as an owner whose
+// lease ran out), and every one is told that owner. Trial after trial,
+// never two owners.
 func TestReplicasKeepOneOwnerWhileLiveAndAtTakeover(t *testing.T) {
 	t.Parallel()
 	// The longest heartbeat: a lease of 30s, so that one race, however

@@ -258,9 +258,9 @@ const extendOwnSQL = `
 // with errNotDecided if the row is no longer the claimant's and live.
 func extendOwnOn(ctx context.Context, conn *pgxpool.Conn, c Claim, previous Reservation, lockTimeout time.Duration) (ClaimResult, error) {
 	var lockTimeoutMS *string
-	if lockTimeout > 0 {
-		ms := strconv.FormatInt(max(lockTimeout.Milliseconds(), 1), 10) // zero would mean no limit
-		lockTimeoutMS = &ms
+	if ms := lockTimeoutMillis(lockTimeout); ms > 0 {
+		v := strconv.FormatInt(ms, 10)
+		lockTimeoutMS = &v
 	}
 	id := c.ID
 	current := previous

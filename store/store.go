@@ -138,6 +138,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// lockTimeoutMillis is d as a value of PostgreSQL's lock_timeout: whole
+// milliseconds, at least one, since zero there means no limit. It is zero
+// when d is, for PostgreSQL's own setting to apply.
+func lockTimeoutMillis(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return max(d.Milliseconds(), 1)
+}
+
 func newStore(pool *pgxpool.Pool, timeout, lockTimeout time.Duration) *Store {
 	s := &Store{pool: pool, timeout: timeout, lockTimeout: lockTimeout}
 	s.db = detached{s: s}

@@ -69,10 +69,8 @@ func (t *Tx) send(ctx context.Context, b *pgx.Batch) (pgx.BatchResults, error) {
 		return t.conn.SendBatch(ctx, b), nil
 	}
 	first := []*pgx.QueuedQuery{{SQL: "BEGIN"}}
-	if t.lockTimeout > 0 {
-		// SET takes no parameters; the value is a number of our own, in
-		// milliseconds and at least one (zero would mean no limit).
-		ms := max(t.lockTimeout.Milliseconds(), 1)
+	if ms := lockTimeoutMillis(t.lockTimeout); ms > 0 {
+		// SET takes no parameters; the value is a number of our own.
 		first = append(first, &pgx.QueuedQuery{SQL: fmt.Sprintf("SET LOCAL lock_timeout = %d", ms)})
 	}
 	b.QueuedQueries = append(first, b.QueuedQueries...)
