@@ -56,6 +56,10 @@ type Config struct {
 	// CORSAllowedOrigins lists the browser origins allowed to call; "*" is
 	// any, none disables CORS.
 	CORSAllowedOrigins []string
+	// GCHeadroom is the bytes the heap may grow above what is live before
+	// the garbage collector runs again (gcheadroom); 0 leaves the collector
+	// to GOGC. A GOGC in the environment wins over it.
+	GCHeadroom int
 	// ShutdownTimeout bounds the wait for in-flight requests on shutdown,
 	// and then for the embedded PostgreSQL to stop.
 	ShutdownTimeout time.Duration
@@ -104,6 +108,7 @@ func defaultConfig() Config {
 		Sweep:            manager.DefaultSweepConfig(),
 		MaxRequestBytes:  service.DefaultMaxRequestBytes,
 		HTTP:             defaultHTTPConfig(),
+		GCHeadroom:       32 << 20,
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
 		LogFormat:        "text",
@@ -130,7 +135,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.Usage = func() {}
 	maxConns := int(cfg.Store.MaxConns)
 	maxInline, maxRequest := byteSize(cfg.Manager.MaxInlineBytes), byteSize(cfg.MaxRequestBytes)
-	responseBudget := byteSize(cfg.HTTP.ResponseBudget)
+	responseBudget, gcHeadroom := byteSize(cfg.HTTP.ResponseBudget), byteSize(cfg.GCHeadroom)
 	var origins originList
 	var proxies prefixList
 
@@ -151,6 +156,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.IntVar(&cfg.HTTP.MaxStreams, "http2-max-streams", cfg.HTTP.MaxStreams, "concurrent HTTP/2 streams per connection")
 	fs.IntVar(&cfg.HTTP.MaxConns, "max-connections", cfg.HTTP.MaxConns, "open connections on --addr; more are closed on arrival; 0 is no limit")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
+	fs.Var(&gcHeadroom, "gc-headroom", "`bytes` the heap may grow above what is live before the garbage collector runs again, or by GOGC=100 if that is more (suffixes KiB, MiB, GiB allowed); 0 leaves the collector to Go's default; ignored when GOGC is set")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long shutdown waits for in-flight requests, then for the embedded PostgreSQL")
 	fs.TextVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "least severe `level` logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogLevelFile, "log-level-file", "", "`file` holding the log level (debug, info, warn or error), read at start and on SIGHUP; overrides --log-level")
@@ -204,7 +210,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	}
 	cfg.Store.MaxConns = int32(maxConns)
 	cfg.Manager.MaxInlineBytes, cfg.MaxRequestBytes = int(maxInline), int(maxRequest)
-	cfg.HTTP.ResponseBudget = int(responseBudget)
+	cfg.HTTP.ResponseBudget, cfg.GCHeadroom = int(responseBudget), int(gcHeadroom)
 	cfg.CORSAllowedOrigins = origins
 	cfg.Auth.TrustedProxies = proxies
 	if err := cfg.validate(); err != nil {
@@ -279,6 +285,7 @@ func (c Config) validate() error {
 		"%s must be between 1 and 10000, got %d", opt("http2-max-streams"), c.HTTP.MaxStreams)
 	check(c.HTTP.MaxConns >= 0 && c.HTTP.MaxConns <= 1_000_000,
 		"%s must be between 0 (no limit) and 1000000, got %d", opt("max-connections"), c.HTTP.MaxConns)
+	check(c.GCHeadroom == 0 || c.GCHeadroom >= 1<<20, "%s must be 0 (off) or at least 1MiB, got %d", opt("gc-headroom"), c.GCHeadroom)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)

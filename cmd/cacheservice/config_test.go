@@ -40,6 +40,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Manager:          manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
 		MaxRequestBytes:  4 << 20,
 		HTTP:             HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100},
+		GCHeadroom:       32 << 20,
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
 		LogFormat:        "text",
@@ -100,6 +101,10 @@ func TestParseConfigPrecedence(t *testing.T) {
 			func(c Config) bool {
 				return c.HTTP == HTTPConfig{WriteTimeout: 2 * time.Second, ResponseBudget: 16 << 20, MaxStreams: 10, MaxConns: 500}
 			}},
+		{"gc headroom", nil, map[string]string{"CACHESERVICE_GC_HEADROOM": "128MiB"},
+			func(c Config) bool { return c.GCHeadroom == 128<<20 }},
+		{"gc headroom off", []string{"--gc-headroom=0"}, nil,
+			func(c Config) bool { return c.GCHeadroom == 0 }},
 		{"everything else", []string{"--data-dir=/var/lib/cacheservice", "--db-max-conns=32", "--grace-multiplier=2.5", "--shutdown-timeout=1m"}, nil,
 			func(c Config) bool {
 				return c.DataDir == "/var/lib/cacheservice" && c.Store.MaxConns == 32 && c.Manager.GraceMultiplier == 2.5 && c.ShutdownTimeout == time.Minute
@@ -159,6 +164,8 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"write timeout too long", nil, map[string]string{"CACHESERVICE_WRITE_TIMEOUT": "100h"}, "--write-timeout (CACHESERVICE_WRITE_TIMEOUT)"},
 		{"response budget too small", []string{"--response-budget=1KiB"}, nil, "--response-budget"},
 		{"zero streams", []string{"--http2-max-streams=0"}, nil, "--http2-max-streams"},
+		{"gc headroom too small", []string{"--gc-headroom=64KiB"}, nil, "--gc-headroom (CACHESERVICE_GC_HEADROOM) must be 0 (off) or at least 1MiB"},
+		{"unparsable gc headroom", nil, map[string]string{"CACHESERVICE_GC_HEADROOM": "lots"}, `CACHESERVICE_GC_HEADROOM (--gc-headroom): "lots" is not a size`},
 		{"negative connections", []string{"--max-connections=-1"}, nil, "--max-connections"},
 		// Values that would break mutual exclusion (issue 8, defect 4): the
 		// lease arithmetic must never come near overflowing.
@@ -223,7 +230,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
 		"reservation-retention", "entry-ttl", "sweep-batch-size",
-		"write-timeout", "response-budget", "http2-max-streams", "max-connections"} {
+		"write-timeout", "response-budget", "http2-max-streams", "max-connections", "gc-headroom"} {
 		listed := strings.Contains(stdout.String(), "-"+flag+" ") || strings.Contains(stdout.String(), "-"+flag+"\n") // a bool flag has no value
 		if !listed || !strings.Contains(stdout.String(), envName(flag)) {
 			t.Errorf("help does not list -%s with %s:\n%s", flag, envName(flag), &stdout)

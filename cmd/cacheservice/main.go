@@ -10,12 +10,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
+	"github.com/cacheservice/cacheservice/internal/gcheadroom"
 	"github.com/cacheservice/cacheservice/internal/version"
 )
 
@@ -94,6 +96,7 @@ func serveCommand(ctx context.Context, args []string, env lookupEnv, stdout, std
 		return exitUsage
 	}
 	logger := newLeveledLogger(stderr, cfg.LogFormat, level)
+	defer tuneGC(cfg, env, logger)()
 	reloads := &reloader{}
 	reloads.add("log level", logLevelReload(cfg, level))
 	defer reloads.watch(ctx, logger)()
@@ -126,4 +129,23 @@ func versionCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "version:   %s\ncommit:    %s\ngoversion: %s\n", version.String(), version.Commit(), version.GoVersion())
 	return exitOK
+}
+
+// tuneGC gives the heap cfg.GCHeadroom of room between collections, unless
+// the operator set GOGC, which the runtime has already applied. It returns
+// the function that stops it.
+func tuneGC(cfg Config, env lookupEnv, logger *slog.Logger) (stop func()) {
+	if cfg.GCHeadroom == 0 {
+		return func() {}
+	}
+	if gogc, ok := env("GOGC"); ok {
+		logger.Info("GOGC is set: --gc-headroom is not applied", "GOGC", gogc)
+		return func() {}
+	}
+	t, err := gcheadroom.Start(uint64(cfg.GCHeadroom))
+	if err != nil { // another server in this process (tests) tunes it already
+		logger.Debug("gc headroom not applied", "error", err)
+		return func() {}
+	}
+	return t.Stop
 }

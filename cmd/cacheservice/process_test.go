@@ -15,6 +15,7 @@ import (
 
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/metricstest"
 	"github.com/cacheservice/cacheservice/internal/pgtest"
 )
 
@@ -63,16 +64,14 @@ func TestEmbeddedModeKeepsDataAcrossRestarts(t *testing.T) {
 func TestServeStopsGracefullyOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	cmd, stderr := startCommand(t, "serve", "--addr", "127.0.0.1:0", "--database-url", pgtest.NewDatabase(t))
-	listening := regexp.MustCompile(`msg=listening addr=(\S+) database=external`)
-	var addr string
-	waitFor(t, startTimeout, "the listening line", func() bool {
-		if m := listening.FindStringSubmatch(stderr.String()); m != nil {
-			addr = m[1]
-		}
-		return addr != ""
-	})
+	addr := listeningAddr(t, stderr)
 	client := cachev1connect.NewCacheServiceClient(http1Client(t), "http://"+addr, connect.WithProtoJSON())
 	putAndGet(t, client)
+	// The command, unlike the in-process servers of other tests, tunes the
+	// collector: its percent is above Go's default for a heap this small.
+	if p := metricstest.Scrape(t, "http://"+addr+"/metrics").Get(t, "go_gc_gogc_percent"); p <= 100 {
+		t.Errorf("go_gc_gogc_percent = %v, want above 100 with the default --gc-headroom", p)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -85,6 +84,39 @@ func TestServeStopsGracefullyOnSIGTERM(t *testing.T) {
 	}
 	_, err := client.Get(callCtx(t), connect.NewRequest(&cachev1.GetRequest{Scope: scope(t), Key: "k"}))
 	wantCode(t, err, connect.CodeUnavailable)
+}
+
+// TestServeLeavesTheCollectorAloneWhenTold runs the command with GOGC in its
+// environment, which the operator chose and the runtime applied, and with
+// --gc-headroom=0: neither is tuned.
+func TestServeLeavesTheCollectorAloneWhenTold(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDatabase(t)
+	tests := []struct {
+		name    string
+		env     []string
+		args    []string
+		want    float64
+		wantLog string
+	}{
+		{"GOGC set", []string{"GOGC=150"}, nil, 150, "GOGC is set: --gc-headroom is not applied"},
+		{"headroom off", nil, []string{"--gc-headroom=0"}, 100, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			args := append([]string{"serve", "--addr", "127.0.0.1:0", "--database-url", db}, tt.args...)
+			_, stderr := startCommandEnv(t, tt.env, args...)
+			addr := listeningAddr(t, stderr)
+			// A tuner sets the percent as it starts, before the listener.
+			if p := metricstest.Scrape(t, "http://"+addr+"/metrics").Get(t, "go_gc_gogc_percent"); p != tt.want {
+				t.Errorf("go_gc_gogc_percent = %v, want %v", p, tt.want)
+			}
+			if !strings.Contains(stderr.String(), tt.wantLog) {
+				t.Errorf("log does not say %q:\n%s", tt.wantLog, stderr)
+			}
+		})
+	}
 }
 
 // TestServeWithoutPostgresBinariesPrintsOneLine hides PostgreSQL from the
@@ -127,12 +159,20 @@ func TestServeWithoutPostgresBinariesPrintsOneLine(t *testing.T) {
 // it at cleanup if it is still running.
 func startCommand(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
+	return startCommandEnv(t, nil, args...)
+}
+
+// startCommandEnv is startCommand with env (KEY=value) added to the
+// command's environment.
+func startCommandEnv(t *testing.T, env []string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, "DATABASE_URL=") {
+		if !strings.HasPrefix(kv, envPrefix) && !strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "GOGC=") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Env = append(cmd.Env, execMainEnv+"=1")
 	stderr := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
@@ -146,6 +186,21 @@ func startCommand(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
 		}
 	})
 	return cmd, stderr
+}
+
+// listeningAddr waits for the command's listening line and returns its
+// address.
+func listeningAddr(t *testing.T, stderr *syncBuffer) string {
+	t.Helper()
+	listening := regexp.MustCompile(`msg=listening addr=(\S+) database=external`)
+	var addr string
+	waitFor(t, startTimeout, "the listening line", func() bool {
+		if m := listening.FindStringSubmatch(stderr.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	return addr
 }
 
 // waitExit waits for cmd to exit, killing it after stopTimeout.
