@@ -194,7 +194,10 @@ func TestHundredMegabyteBodiesAreRefusedCheaply(t *testing.T) {
 			}
 		})
 	}
-	if after := srv.rssKiB(t); after-before > 48<<10 {
+	// A body held in memory would add 100 MiB. What may legitimately be
+	// added is the request buffers and up to --gc-headroom (32 MiB) of
+	// garbage not yet collected.
+	if after := srv.rssKiB(t); after-before > 64<<10 {
 		t.Fatalf("server RSS grew from %d KiB to %d KiB on refused bodies", before, after)
 	}
 	_, err := srv.connectClient().Get(t.Context(), connect.NewRequest(&cachev1.GetRequest{Scope: scope(), Key: "huge"}))

@@ -285,7 +285,8 @@ func (c Config) validate() error {
 		"%s must be between 1 and 10000, got %d", opt("http2-max-streams"), c.HTTP.MaxStreams)
 	check(c.HTTP.MaxConns >= 0 && c.HTTP.MaxConns <= 1_000_000,
 		"%s must be between 0 (no limit) and 1000000, got %d", opt("max-connections"), c.HTTP.MaxConns)
-	check(c.GCHeadroom == 0 || c.GCHeadroom >= 1<<20, "%s must be 0 (off) or at least 1MiB, got %d", opt("gc-headroom"), c.GCHeadroom)
+	// Below the runtime's least heap goal (4 MiB) headroom changes nothing.
+	check(c.GCHeadroom == 0 || c.GCHeadroom >= 4<<20, "%s must be 0 (off) or at least 4MiB, got %d", opt("gc-headroom"), c.GCHeadroom)
 	check(c.ShutdownTimeout > 0, "%s must be positive, got %v", opt("shutdown-timeout"), c.ShutdownTimeout)
 	if c.MetricsAddr != "" {
 		_, _, err := net.SplitHostPort(c.MetricsAddr)

@@ -164,7 +164,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"write timeout too long", nil, map[string]string{"CACHESERVICE_WRITE_TIMEOUT": "100h"}, "--write-timeout (CACHESERVICE_WRITE_TIMEOUT)"},
 		{"response budget too small", []string{"--response-budget=1KiB"}, nil, "--response-budget"},
 		{"zero streams", []string{"--http2-max-streams=0"}, nil, "--http2-max-streams"},
-		{"gc headroom too small", []string{"--gc-headroom=64KiB"}, nil, "--gc-headroom (CACHESERVICE_GC_HEADROOM) must be 0 (off) or at least 1MiB"},
+		{"gc headroom too small", []string{"--gc-headroom=3MiB"}, nil, "--gc-headroom (CACHESERVICE_GC_HEADROOM) must be 0 (off) or at least 4MiB"},
 		{"unparsable gc headroom", nil, map[string]string{"CACHESERVICE_GC_HEADROOM": "lots"}, `CACHESERVICE_GC_HEADROOM (--gc-headroom): "lots" is not a size`},
 		{"negative connections", []string{"--max-connections=-1"}, nil, "--max-connections"},
 		// Values that would break mutual exclusion (issue 8, defect 4): the

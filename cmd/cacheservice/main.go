@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -138,9 +139,15 @@ func tuneGC(cfg Config, env lookupEnv, logger *slog.Logger) (stop func()) {
 	if cfg.GCHeadroom == 0 {
 		return func() {}
 	}
-	if gogc, ok := env("GOGC"); ok {
-		logger.Info("GOGC is set: --gc-headroom is not applied", "GOGC", gogc)
-		return func() {}
+	// The runtime takes GOGC only if it is "off" or a number; anything else
+	// leaves it at its default, as if unset.
+	if gogc, ok := env("GOGC"); ok && gogc != "" {
+		if _, err := strconv.Atoi(gogc); err != nil && gogc != "off" {
+			logger.Warn("GOGC is neither a number nor off: the runtime ignores it", "GOGC", gogc)
+		} else {
+			logger.Info("GOGC is set: --gc-headroom is not applied", "GOGC", gogc)
+			return func() {}
+		}
 	}
 	t, err := gcheadroom.Start(uint64(cfg.GCHeadroom))
 	if err != nil { // another server in this process (tests) tunes it already

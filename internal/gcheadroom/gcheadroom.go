@@ -9,6 +9,13 @@
 // small heap the room and leaves a large one at Go's default: after each
 // collection the collector's percent is set so that the next one comes when
 // the heap has grown by the headroom, or by GOGC=100 if that is more.
+//
+// The percent follows the heap one collection behind: the runtime fixes the
+// next goal as marking ends, and the tuner runs just after. While the live
+// heap grows fast, a goal may briefly give more room than the headroom (the
+// percent chosen for the smaller heap before), until the tuner catches up.
+// GOMEMLIMIT, which the runtime applies on every allocation, is the hard
+// bound.
 package gcheadroom
 
 import (
@@ -53,6 +60,7 @@ type Tuner struct {
 	stopped bool
 	set     int // the percent last set
 	sample  []metrics.Sample
+	cycles  int // tunes after a collection, for tests
 }
 
 // running makes the tuner one per process: two would undo each other.
@@ -102,6 +110,9 @@ func (t *Tuner) Stop() {
 func (t *Tuner) arm() {
 	runtime.AddCleanup(&sentinel{}, func(t *Tuner) {
 		if t.tune() {
+			t.mu.Lock()
+			t.cycles++
+			t.mu.Unlock()
 			t.arm()
 		}
 	}, t)

@@ -40,6 +40,21 @@ func runtimePercent() int {
 	return int(s[0].Value.Uint64())
 }
 
+// room is how far the heap may grow above what the last collection found
+// live before the next one.
+func room() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64() - s[1].Value.Uint64()
+}
+
+// tunedCycles is how many times the tuner ran after a collection.
+func (t *Tuner) tunedCycles() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cycles
+}
+
 // collectUntil runs collections until ok holds: the tuner runs after a
 // collection, on the runtime's cleanup goroutine, so it may take a few.
 func collectUntil(t *testing.T, what string, ok func() bool) {
@@ -71,10 +86,17 @@ func TestTunerFollowsTheLiveHeap(t *testing.T) {
 		t.Fatalf("second Start: err = %v, want ErrRunning", err)
 	}
 
-	// The test binary's heap is a few MiB: far below the headroom.
-	collectUntil(t, "percent above 800 for a small heap", func() bool {
-		return runtimePercent() >= 800 && tuner.Percent() == runtimePercent()
+	// The test binary's heap is a few MiB: far below the headroom. Two
+	// tunes after collections: the second one set the goal the room is
+	// read from.
+	collectUntil(t, "two tunes after collections, and percent above 800 for a small heap", func() bool {
+		return tuner.tunedCycles() >= 2 && runtimePercent() >= 800 && tuner.Percent() == runtimePercent()
 	})
+	// The room is the headroom: not the default's (a few MiB), and not more
+	// (stacks and globals count towards the goal too).
+	if r := room(); r > headroom+headroom/16 || r < headroom*3/4 {
+		t.Errorf("the heap may grow by %d bytes above what is live, want about the headroom, %d", r, headroom)
+	}
 
 	live := make([][]byte, 96)
 	for i := range live {
@@ -89,6 +111,10 @@ func TestTunerFollowsTheLiveHeap(t *testing.T) {
 	collectUntil(t, "percent up again once the 96 MiB are garbage", func() bool {
 		return runtimePercent() >= 800
 	})
+	runtime.GC() // one more, so that the goal is the new percent's
+	if r := room(); r > headroom+headroom/16 || r < headroom*3/4 {
+		t.Errorf("after the large heap went, the heap may grow by %d bytes, want about the headroom, %d", r, headroom)
+	}
 
 	tuner.Stop()
 	if got := runtimePercent(); got != 150 {
