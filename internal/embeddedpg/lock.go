@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // ErrInUse is returned (wrapped) by Start when another process, or another
@@ -34,7 +35,7 @@ func (s *Server) lockDir() (created bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("open %s to lock it: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flockBriefly(f); err != nil {
 		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			// Even if our Mkdir made Dir, it is the holder's now: keep it.
@@ -46,6 +47,27 @@ func (s *Server) lockDir() (created bool, err error) {
 	s.lock = f
 	s.mu.Unlock()
 	return created, nil
+}
+
+// forkWindow bounds how long flockBriefly waits for a lock that is held only
+// for a moment. A child that this process is starting holds a copy of every
+// descriptor from its fork until its exec closes them (close-on-exec), and
+// with it a lock this process has just released: a Start right after Stop
+// found the directory in use (CI, once). Go's fork lock does not cover it,
+// since the parent resumes before the exec closes the descriptors.
+const forkWindow = 250 * time.Millisecond
+
+// flockBriefly takes an exclusive flock on f without blocking, retrying for
+// up to forkWindow while it is held.
+func flockBriefly(f *os.File) error {
+	deadline := time.Now().Add(forkWindow)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // unlockDir releases the directory's lock, if held.

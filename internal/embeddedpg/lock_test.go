@@ -1,9 +1,12 @@
 package embeddedpg
 
 import (
+	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -52,5 +55,32 @@ func TestFailedStartRemovesTheDirItCreated(t *testing.T) {
 	}
 	if _, statErr := os.Stat(dir); !errors.Is(statErr, os.ErrNotExist) {
 		t.Errorf("the failed Start left %s behind (%v); its error: %v", dir, statErr, err)
+	}
+}
+
+// TestLockIsFreeOnceReleasedWhileForking takes and releases the directory's
+// lock over and over while other goroutines start processes: a child between
+// its fork and its exec holds a copy of the lock's descriptor, so a release
+// that did not wait out forks in flight would leave the directory locked for
+// a moment, and the next take would find it in use.
+func TestLockIsFreeOnceReleasedWhileForking(t *testing.T) {
+	t.Parallel()
+	s := &Server{cfg: Config{Dir: filepath.Join(t.TempDir(), "data")}}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				_ = exec.Command("true").Run()
+			}
+		})
+	}
+	defer wg.Wait()
+	defer cancel()
+	for i := range 2000 {
+		if _, err := s.lockDir(); err != nil {
+			t.Fatalf("take %d: %v", i, err)
+		}
+		s.unlockDir()
 	}
 }
