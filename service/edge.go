@@ -189,8 +189,9 @@ func NewEdge(m *manager.Manager, opts Options) http.Handler {
 	services := make(map[protoreflect.FullName]http.Handler, len(mounts))
 	for _, s := range mounts {
 		path, h := s.handler(m, opts.Handlers, handlerOpts...)
-		services[s.desc.FullName()] = protect(h)
-		mux.Handle(path, services[s.desc.FullName()])
+		h = protect(h)
+		services[s.desc.FullName()] = h
+		mux.Handle(path, h)
 	}
 	api := make(map[string]http.Handler)
 	for path, md := range mountedMethods() {
