@@ -200,16 +200,23 @@ func decodeRequest(msg request, binary bool, body []byte) (_ request, valid bool
 
 // durationsValid checks what the manager checks beyond the proto's rules: a
 // set duration must be well-formed (binary input can carry nanos out of
-// range, which protovalidate's gt rule lets through).
+// range, which protovalidate's gt rule lets through), and a heartbeat at
+// least the minimum.
 func durationsValid(msg request) bool {
-	var d *durationpb.Duration
 	switch m := msg.(type) {
 	case *cachev1.PutRequest:
-		d = m.MaxAge
+		return m.MaxAge == nil || m.MaxAge.CheckValid() == nil
 	case *cachev1.GetOrExtendReservationRequest:
-		d = m.HeartbeatInterval
+		return heartbeatValid(m.HeartbeatInterval)
 	}
-	return d == nil || d.CheckValid() == nil
+	return true
+}
+
+// heartbeatValid is what the manager accepts as a requested heartbeat: none,
+// or a well-formed one of at least --min-heartbeat (the fuzzed server runs
+// manager.DefaultConfig).
+func heartbeatValid(d *durationpb.Duration) bool {
+	return d == nil || d.CheckValid() == nil && d.AsDuration() >= manager.DefaultConfig().MinHeartbeat
 }
 
 // state reads what the database holds for req's identity (when it can be
@@ -498,8 +505,8 @@ func (r flyteRequest) GetScope() *cachev1.Scope {
 func (r flyteRequest) GetKey() string { return r.key() }
 
 // valid is what Flyte's API checks beyond the proto's rules: well-formed
-// durations (zero heartbeat allowed, it means the maximum), and literals only
-// over binary protobuf.
+// durations, a heartbeat of at least the minimum (zero allowed, it means the
+// maximum), and literals only over binary protobuf.
 func (r flyteRequest) valid(binary bool) bool {
 	switch m := r.Message.(type) {
 	case *flytecachev2.PutCacheRequest:
@@ -510,8 +517,8 @@ func (r flyteRequest) valid(binary bool) bool {
 			return false
 		}
 	case *flytecachev2.GetOrExtendReservationRequest:
-		if d := m.GetBaseRequest().GetHeartbeatInterval(); d != nil && d.CheckValid() != nil {
-			return false
+		if d := m.GetBaseRequest().GetHeartbeatInterval(); d.GetSeconds() != 0 || d.GetNanos() != 0 {
+			return heartbeatValid(d)
 		}
 	}
 	return true
