@@ -70,7 +70,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 	if sec.auth == nil && !loopback(cfg.Addr) {
 		logger.Warn("no authentication: anyone who reaches this address may read, write and delete every entry (--insecure-allow-open)")
 	}
-	return serve(ctx, srv, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
+	return serve(ctx, srv, apiTransport(cfg, logger), refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
 }
 
 // HTTPConfig bounds what clients can hold of the HTTP server: time,
@@ -221,17 +221,21 @@ func (c *countedConn) Close() error {
 	return err
 }
 
-// serve runs srv on ln until ctx ends, then shuts it down gracefully,
-// closing connections that are still busy after timeout.
-func serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
+// serveHTTP serves srv on ln, with TLS when srv has a configuration (the
+// certificate comes from it).
+func serveHTTP(srv *http.Server, ln net.Listener) error {
+	if srv.TLSConfig != nil {
+		return srv.ServeTLS(ln, "", "")
+	}
+	return srv.Serve(ln)
+}
+
+// serve runs srv on ln with transport (serveHTTP, or what apiTransport
+// gives) until ctx ends, then shuts it down gracefully, closing
+// connections that are still busy after timeout.
+func serve(ctx context.Context, srv *http.Server, transport func(*http.Server, net.Listener) error, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
 	served := make(chan error, 1)
-	go func() {
-		if srv.TLSConfig != nil {
-			served <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig
-			return
-		}
-		served <- srv.Serve(ln)
-	}()
+	go func() { served <- transport(srv, ln) }()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)

@@ -23,7 +23,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
+	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 )
@@ -86,18 +86,9 @@ func serve(ln net.Listener, transport string) error {
 	gs := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams))
 	defer gs.Stop()
 	gs.RegisterService(cacheServiceDesc(canned), nil)
-	done := make(chan struct{})
-	defer close(done)
-	http1, http2 := newQueue(ln.Addr(), done), newQueue(ln.Addr(), done)
-	go func() { _ = hs.Serve(http1) }()
+	http1, http2 := grpcbridge.Split(ln)
 	go func() { _ = gs.Serve(http2) }()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		go route(c, http1, http2)
-	}
+	return hs.Serve(http1)
 }
 
 // maxStreams is the server's default --http2-max-streams.
@@ -125,60 +116,6 @@ func newHTTPServer(h http.Handler) *http.Server {
 		},
 	}
 }
-
-// route hands c to h2 if it opens with HTTP/2's connection preface, which
-// begins "PRI", else to h1.
-func route(c net.Conn, h1, h2 *queue) {
-	r := bufio.NewReader(c)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start, err := r.Peek(3)
-	_ = c.SetReadDeadline(time.Time{})
-	if err != nil {
-		_ = c.Close()
-		return
-	}
-	to := h1
-	if string(start) == "PRI" {
-		to = h2
-	}
-	select {
-	case to.conns <- &peeked{Conn: c, r: r}:
-	case <-to.done:
-		_ = c.Close()
-	}
-}
-
-// peeked is a connection whose first bytes were read into r.
-type peeked struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *peeked) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// queue is a listener whose connections another listener accepted; it
-// fails once done is closed.
-type queue struct {
-	conns chan net.Conn
-	done  <-chan struct{}
-	addr  net.Addr
-}
-
-func newQueue(addr net.Addr, done <-chan struct{}) *queue {
-	return &queue{conns: make(chan net.Conn), done: done, addr: addr}
-}
-
-func (q *queue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.conns:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *queue) Close() error   { return nil }
-func (q *queue) Addr() net.Addr { return q.addr }
 
 // cacheServiceDesc serves impl's unary methods with grpc-go: each decodes
 // its request, calls impl as the Connect handler would, and returns the
