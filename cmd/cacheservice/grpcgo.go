@@ -13,10 +13,10 @@ import (
 
 // apiTransport makes this build cachebench's measure of grpc-go's
 // transport: unencrypted HTTP/2 connections are served by grpc-go in front
-// of the same edge (package grpcbridge), without the per-response bounds
-// of the real server. Only a build with -tags cachebench_grpcgo has it.
+// of the same edge (package grpcbridge), without all of the real server's
+// bounds. Only a build with -tags cachebench_grpcgo has it.
 func apiTransport(cfg Config, logger *slog.Logger) func(*http.Server, net.Listener) error {
-	logger.Warn("grpc-go transport: unencrypted HTTP/2 is served by grpc-go without the response bounds (a cachebench build)")
+	logger.Warn("grpc-go transport: unencrypted HTTP/2 is served by grpc-go without all of the server's bounds (a cachebench build)")
 	maxRequestBytes := cfg.MaxRequestBytes
 	if maxRequestBytes <= 0 {
 		maxRequestBytes = service.DefaultMaxRequestBytes
@@ -25,6 +25,7 @@ func apiTransport(cfg Config, logger *slog.Logger) func(*http.Server, net.Listen
 		if srv.TLSConfig != nil {
 			return serveHTTP(srv, ln)
 		}
-		return grpcbridge.Serve(srv, ln, cfg.HTTP.MaxStreams, maxRequestBytes)
+		return grpcbridge.Serve(srv, ln, grpcbridge.Options{
+			MaxStreams: cfg.HTTP.MaxStreams, MaxRequestBytes: maxRequestBytes, WriteTimeout: cfg.HTTP.WriteTimeout})
 	}
 }

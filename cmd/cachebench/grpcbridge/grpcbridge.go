@@ -6,13 +6,21 @@
 // grpc-go. It is a measuring tool, linked only into the cacheservice
 // build with the cachebench_grpcgo tag, never into the server.
 //
-// What it leaves out, and a server would need (docs/BENCHMARKS.md, "The
-// transport: grpc-go in front of the edge"): every connection that opens
+// grpc-go tells a handler neither when a response has left nor lets it
+// reset one stream, both of which the edge's write timeout and response
+// budget rely on. So each connection keeps a ledger (ledger.go) that reads
+// the frames grpc-go writes to it: it knows, per response, what is queued
+// and what has left, and closes a connection whose response has waited the
+// write timeout with nothing written. It costs nothing measurable (see
+// docs/BENCHMARKS.md), and shows how a server could keep those bounds.
+//
+// What it leaves out, and a server would need: every connection that opens
 // with HTTP/2's preface goes to grpc-go, so the Connect protocol and
-// gRPC-Web over unencrypted HTTP/2 are refused; a response is released to
-// grpc-go's queue, where neither the write timeout nor the response budget
-// reaches it (grpc-go tells a handler neither when a response has left nor
-// lets it reset one stream); TLS connections stay with Go's server.
+// gRPC-Web over unencrypted HTTP/2 are refused; the ledger's held bytes and
+// cuts are its own (Stats), not the edge's response budget and metrics; and
+// grpc-go is not given the server's other limits (a read timeout, keepalive
+// enforcement matched to Go's server, the write deadline on a connection
+// that takes no byte). TLS connections stay with Go's server.
 package grpcbridge
 
 import (
@@ -45,14 +53,21 @@ import (
 // srv.Serve(ln) does: connections that open with HTTP/2's preface with
 // grpc-go, the others with srv. Shutting srv down stops grpc-go too,
 // gracefully.
-func Serve(srv *http.Server, ln net.Listener, maxStreams int, maxRequestBytes int) error {
+func Serve(srv *http.Server, ln net.Listener, opts Options) error {
+	if opts.Stats == nil {
+		opts.Stats = new(Stats)
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
 	gs := grpc.NewServer(
+		grpc.Creds(ledgerCreds{timeout: opts.WriteTimeout, stats: opts.Stats}),
 		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.UnknownServiceHandler((&bridge{h: srv.Handler}).serve),
 		// One byte over the edge's own bound, so that the edge, which
 		// reads the envelope's length first, is the one to refuse.
-		grpc.MaxRecvMsgSize(maxRequestBytes+1),
-		grpc.MaxConcurrentStreams(uint32(maxStreams)),
+		grpc.MaxRecvMsgSize(opts.MaxRequestBytes+1),
+		grpc.MaxConcurrentStreams(uint32(opts.MaxStreams)),
 		grpc.InitialWindowSize(1<<20), // what Go's server may buffer, as the server sets it
 		grpc.InitialConnWindowSize(1<<20),
 		grpc.MaxHeaderListSize(64<<10),
@@ -63,6 +78,17 @@ func Serve(srv *http.Server, ln net.Listener, maxStreams int, maxRequestBytes in
 	err := srv.Serve(http1)
 	_ = ln.Close()
 	return err
+}
+
+// Options are Serve's bounds, as the server's flags set them.
+type Options struct {
+	MaxStreams      int
+	MaxRequestBytes int
+	// WriteTimeout: a response with bytes queued and none written for this
+	// long is cut (its connection closed).
+	WriteTimeout time.Duration
+	// Stats, if set, counts what the connections' ledgers see.
+	Stats *Stats
 }
 
 // Split accepts connections on ln and hands each to one of two listeners:
@@ -192,7 +218,12 @@ func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		r.RemoteAddr = p.Addr.String()
 	}
-	w := &writer{ss: ss, header: make(http.Header, 4)}
+	if e := md["grpc-encoding"]; len(e) > 0 && e[0] != "identity" {
+		// The ledger counts the response's bytes as the edge wrote them:
+		// grpc-go would otherwise answer compressed, as it was asked.
+		_ = grpc.SetSendCompressor(ctx, "identity")
+	}
+	w := &writer{ss: ss, ledger: ledgerOf(ctx), header: make(http.Header, 4)}
 	b.h.ServeHTTP(w, r.WithContext(ctx))
 	return w.status()
 }
@@ -232,6 +263,8 @@ func (*body) Close() error { return nil }
 // as net/http takes them) and sends it through grpc-go.
 type writer struct {
 	ss      grpc.ServerStream
+	ledger  *ledger   // of the call's connection; nil for none
+	account *response // in ledger, once the headers are queued
 	header  http.Header
 	code    int
 	started bool
@@ -266,9 +299,14 @@ func (w *writer) start() {
 			md[strings.ToLower(k)] = v
 		}
 	}
-	if len(md) > 0 {
+	if w.ledger == nil {
 		_ = w.ss.SetHeader(md)
+		return
 	}
+	// Always sent, even before an error: the ledger knows the response by
+	// its headers (an error's status then goes in trailers, as Go's
+	// server sends it too).
+	w.account, _ = w.ledger.register(func() error { return w.ss.SendHeader(md) })
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -280,6 +318,9 @@ func (w *writer) Write(p []byte) (int, error) {
 			break
 		}
 		msg := w.pending[5 : 5+n : 5+n]
+		if w.account != nil {
+			w.ledger.queue(w.account, 5+n)
+		}
 		if err := w.ss.SendMsg(&msg); err != nil {
 			return 0, err
 		}

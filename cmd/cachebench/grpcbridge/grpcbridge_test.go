@@ -45,7 +45,7 @@ func start(t *testing.T, viaGRPCGo bool) *grpc.ClientConn {
 	served := make(chan error, 1)
 	go func() {
 		if viaGRPCGo {
-			served <- grpcbridge.Serve(srv, ln, 100, maxRequestBytes)
+			served <- grpcbridge.Serve(srv, ln, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: maxRequestBytes, WriteTimeout: 10 * time.Second})
 		} else {
 			served <- srv.Serve(ln)
 		}

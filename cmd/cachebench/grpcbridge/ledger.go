@@ -1,0 +1,282 @@
+package grpcbridge
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// A ledger follows, from the bytes grpc-go writes to one connection, how
+// much of each response has left: what the server's edge learns from Go's
+// HTTP server as each write returns, and grpc-go does not tell. grpc-go
+// writes the HTTP/2 frames; the ledger reads their 9-byte headers as they
+// go to the socket.
+//
+// A response is matched to its stream by its HEADERS frame: the bridge
+// registers a response and queues its headers (ServerStream.SendHeader)
+// under the ledger's lock, and grpc-go's writer sends response headers in
+// the order they were queued, so the n-th HEADERS frame that does not end
+// its stream is the n-th registered response's. Its DATA frames then count
+// as written; its trailers (HEADERS that end the stream) or a RST_STREAM
+// end it.
+//
+// A response with bytes queued and none written for the write timeout is
+// cut, as Go's server cuts a write that misses its deadline; grpc-go cannot
+// reset one stream from outside, so the connection is closed.
+type ledger struct {
+	conn    net.Conn
+	timeout time.Duration
+	stats   *Stats
+
+	mu        sync.Mutex
+	expecting []*response          // registered, headers not yet written, oldest first
+	streams   map[uint32]*response // by stream, headers written and not yet ended
+	frame     [9]byte              // the frame header being read
+	frameN    int                  // bytes of it read
+	payload   int                  // bytes of the current frame's payload still to come
+	data      *response            // the response the current DATA frame is of
+	timer     *time.Timer          // checks for stalled responses while any is queued
+	cut       bool
+}
+
+// Stats counts what the ledgers of one server saw.
+type Stats struct {
+	// Held is the bytes of responses queued and not yet written, over all
+	// connections: what slow readers hold.
+	Held atomic.Int64
+	// Cuts counts responses cut by the write timeout.
+	Cuts atomic.Int64
+}
+
+// response is one response's account in its connection's ledger.
+type response struct {
+	queued, written int64     // bytes of DATA payload; under ledger.mu
+	progress        time.Time // when it last had every byte written or wrote one; under ledger.mu
+	ended           bool
+}
+
+func newLedger(conn net.Conn, timeout time.Duration, stats *Stats) *ledger {
+	return &ledger{conn: conn, timeout: timeout, stats: stats, streams: make(map[uint32]*response)}
+}
+
+// register adds a response and queues its headers with send, in one step
+// as far as the frame order goes (see ledger). A failed send registers
+// nothing.
+func (l *ledger) register(send func() error) (*response, error) {
+	r := &response{}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.expecting = append(l.expecting, r)
+	if err := send(); err != nil {
+		l.expecting = l.expecting[:len(l.expecting)-1] // ours is last: the lock is held
+		return nil, err
+	}
+	return r, nil
+}
+
+// queue records n more bytes of r's DATA payload about to be queued.
+func (l *ledger) queue(r *response, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r.ended {
+		return
+	}
+	if r.queued == r.written {
+		r.progress = time.Now()
+	}
+	r.queued += int64(n)
+	l.stats.Held.Add(int64(n))
+	if l.timer == nil {
+		l.timer = time.AfterFunc(l.timeout, l.check)
+	}
+}
+
+// wrote reads the frame headers in p, which the connection has just
+// written.
+func (l *ledger) wrote(p []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(p) > 0 {
+		if l.payload > 0 {
+			n := min(l.payload, len(p))
+			if l.data != nil {
+				l.data.written += int64(n)
+				l.data.progress = time.Now()
+				l.stats.Held.Add(-int64(n))
+			}
+			l.payload -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(l.frame[l.frameN:], p)
+		l.frameN += n
+		p = p[n:]
+		if l.frameN < len(l.frame) {
+			return
+		}
+		l.frameN = 0
+		length := int(l.frame[0])<<16 | int(l.frame[1])<<8 | int(l.frame[2])
+		typ, flags := l.frame[3], l.frame[4]
+		stream := binary.BigEndian.Uint32(l.frame[5:9]) & (1<<31 - 1)
+		l.payload, l.data = length, nil
+		switch typ {
+		case frameData:
+			l.data = l.streams[stream]
+		case frameHeaders:
+			if flags&flagEndStream != 0 {
+				l.end(stream)
+			} else if len(l.expecting) > 0 {
+				l.streams[stream] = l.expecting[0]
+				l.expecting = l.expecting[1:]
+			}
+		case frameRSTStream:
+			l.end(stream)
+		}
+	}
+}
+
+const (
+	frameData      = 0x0
+	frameHeaders   = 0x1
+	frameRSTStream = 0x3
+	flagEndStream  = 0x1
+)
+
+// end closes stream's account: whatever it had queued has left or never
+// will.
+func (l *ledger) end(stream uint32) {
+	r := l.streams[stream]
+	if r == nil {
+		return
+	}
+	delete(l.streams, stream)
+	r.ended = true
+	l.stats.Held.Add(-(r.queued - r.written))
+}
+
+// check cuts the connection if a response has waited the timeout with
+// bytes queued and none written, and otherwise looks again when the
+// oldest wait would reach it.
+func (l *ledger) check() {
+	if l.stalled() {
+		_ = l.conn.Close() // not under mu: closing ends the accounts
+	}
+}
+
+// stalled reports whether the connection is to be cut (see check), and
+// counts its stalled responses if so.
+func (l *ledger) stalled() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timer = nil
+	if l.cut {
+		return false
+	}
+	now := time.Now()
+	next := time.Duration(0)
+	stalled := 0
+	for _, r := range l.streams {
+		if r.queued == r.written {
+			continue
+		}
+		waited := now.Sub(r.progress)
+		if waited >= l.timeout {
+			stalled++
+		} else if left := l.timeout - waited; next == 0 || left < next {
+			next = left
+		}
+	}
+	if stalled > 0 {
+		l.cut = true
+		l.stats.Cuts.Add(int64(stalled))
+		return true
+	}
+	if next > 0 {
+		l.timer = time.AfterFunc(next, l.check)
+	}
+	return false
+}
+
+// closed ends every account of the connection, which has closed.
+func (l *ledger) closed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for stream := range l.streams {
+		l.end(stream)
+	}
+	for _, r := range l.expecting {
+		r.ended = true
+		l.stats.Held.Add(-(r.queued - r.written))
+	}
+	l.expecting = nil
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+}
+
+// ledgerConn is a connection that reports what it writes to its ledger.
+type ledgerConn struct {
+	net.Conn
+	ledger    *ledger
+	closeOnce sync.Once
+}
+
+func (c *ledgerConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.ledger.wrote(p[:n])
+	return n, err
+}
+
+func (c *ledgerConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(c.ledger.closed)
+	return err
+}
+
+// ledgerCreds gives each connection grpc-go serves a ledger, which the
+// bridge finds in the peer's AuthInfo. It secures nothing.
+type ledgerCreds struct {
+	timeout time.Duration
+	stats   *Stats
+}
+
+type ledgerInfo struct {
+	credentials.CommonAuthInfo
+	ledger *ledger
+}
+
+func (ledgerInfo) AuthType() string { return "insecure" }
+
+func (c ledgerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	lc := &ledgerConn{Conn: conn}
+	lc.ledger = newLedger(lc, c.timeout, c.stats)
+	return lc, ledgerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, ledger: lc.ledger}, nil
+}
+
+func (ledgerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	panic("grpcbridge: server credentials only")
+}
+
+func (ledgerCreds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "insecure"}
+}
+
+func (c ledgerCreds) Clone() credentials.TransportCredentials { return c }
+
+func (ledgerCreds) OverrideServerName(string) error { return nil }
+
+// ledgerOf returns the ledger of the connection ctx's call came on.
+func ledgerOf(ctx context.Context) *ledger {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(ledgerInfo); ok {
+			return info.ledger
+		}
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package grpcbridge
+
+import (
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+)
+
+// frame is an HTTP/2 frame as grpc-go writes it: a 9-byte header, then the
+// payload.
+func frame(typ, flags byte, stream uint32, payload int) []byte {
+	b := make([]byte, 9+payload)
+	b[0], b[1], b[2] = byte(payload>>16), byte(payload>>8), byte(payload)
+	b[3], b[4] = typ, flags
+	binary.BigEndian.PutUint32(b[5:9], stream)
+	return b
+}
+
+// TestLedgerMatchesResponsesToStreamsByTheirHeaders registers three
+// responses, then feeds the ledger the frames of their streams in the
+// order grpc-go writes them (headers in the order they were queued, then
+// interleaved data, a frame split across writes, trailers and a reset):
+// each response's bytes count where they belong, and what is held is what
+// was queued and not written.
+func TestLedgerMatchesResponsesToStreamsByTheirHeaders(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	stats := new(Stats)
+	l := newLedger(server, time.Hour, stats)
+	var rs []*response
+	for range 3 {
+		r, err := l.register(func() error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	a, b, c := rs[0], rs[1], rs[2]
+	l.queue(a, 100)
+	l.queue(b, 50)
+	l.queue(c, 70)
+	// Streams 5, 3 and 9 got their headers in registration order.
+	l.wrote(frame(frameHeaders, 0x4, 5, 12))
+	l.wrote(frame(frameHeaders, 0x4, 3, 12))
+	l.wrote(frame(frameHeaders, 0x4, 9, 12))
+	d := frame(frameData, 0, 3, 50)
+	l.wrote(d[:4]) // a frame header split across writes
+	l.wrote(d[4:30])
+	l.wrote(d[30:])
+	l.wrote(frame(frameData, 0, 5, 60))
+	l.wrote(frame(frameHeaders, 0x5, 3, 8)) // b's trailers
+	if a.written != 60 || b.written != 50 || !b.ended || c.written != 0 {
+		t.Fatalf("a wrote %d, b %d (ended %v), c %d; want 60, 50 (ended), 0", a.written, b.written, b.ended, c.written)
+	}
+	if held := stats.Held.Load(); held != 40+70 {
+		t.Errorf("held %d, want 110 (40 of a, 70 of c)", held)
+	}
+	l.wrote(frame(frameRSTStream, 0, 9, 4)) // c reset: its bytes never leave
+	l.wrote(frame(frameData, 0, 5, 40))
+	l.wrote(frame(frameHeaders, 0x5, 5, 8))
+	if !a.ended || !c.ended || a.written != 100 {
+		t.Errorf("a ended %v wrote %d, c ended %v; want both ended, a 100", a.ended, a.written, c.ended)
+	}
+	if held := stats.Held.Load(); held != 0 {
+		t.Errorf("held %d after every stream ended, want 0", held)
+	}
+}

@@ -1,0 +1,201 @@
+package grpcbridge_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
+	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
+	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/service"
+)
+
+// rawConn is a hand-driven HTTP/2 connection whose streams get no
+// flow-control window unless the test opens one.
+type rawConn struct {
+	conn   net.Conn
+	mu     sync.Mutex
+	framer *http2.Framer
+	ended  chan uint32   // streams the server ended (trailers)
+	closed chan struct{} // closed when the server closes the connection
+}
+
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &rawConn{conn: conn, framer: http2.NewFramer(conn, conn), ended: make(chan uint32, 100), closed: make(chan struct{})}
+	c.framer.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.framer.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(c.closed)
+		for {
+			f, err := c.framer.ReadFrame()
+			if err != nil {
+				return
+			}
+			c.mu.Lock()
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = c.framer.WriteSettingsAck()
+				}
+			case *http2.PingFrame:
+				if !f.IsAck() {
+					_ = c.framer.WritePing(true, f.Data)
+				}
+			case *http2.MetaHeadersFrame:
+				if f.StreamEnded() {
+					c.ended <- f.StreamID
+				}
+			}
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+// get sends a gRPC Get on stream id.
+func (c *rawConn) get(t *testing.T, id uint32) {
+	t.Helper()
+	body, _ := proto.Marshal(&cachev1.GetRequest{Scope: &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}, Key: "k"})
+	msg := make([]byte, 5, 5+len(body))
+	binary.BigEndian.PutUint32(msg[1:], uint32(len(body)))
+	msg = append(msg, body...)
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "test"},
+		{":path", "/cacheservice.v1.CacheService/Get"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.framer.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.framer.WriteData(id, true, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *rawConn) open(t *testing.T, id uint32) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.framer.WriteWindowUpdate(id, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAStalledResponseIsCutAndOnlyIt opens 20 Gets on one connection whose
+// streams have no window, and opens the window of all but one: those 19
+// are answered, and the ledger, which matched each response to its stream
+// by the frames grpc-go wrote, holds exactly the stalled one's bytes until
+// the write timeout cuts it, counted once. A well-behaved client on another
+// connection, busy throughout, is never cut, and nothing stays held.
+func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Second
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers()}), Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	stats := new(grpcbridge.Stats)
+	go func() {
+		_ = grpcbridge.Serve(srv, ln, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, WriteTimeout: timeout, Stats: stats})
+	}()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	busy, stop := context.WithCancel(t.Context())
+	defer stop()
+	client, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var wg sync.WaitGroup
+	var clientErr error
+	wg.Go(func() {
+		for busy.Err() == nil {
+			err := client.Invoke(busy, "/cacheservice.v1.CacheService/Get",
+				&cachev1.GetRequest{Scope: &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}, Key: "k"}, new(cachev1.GetResponse))
+			if err != nil && busy.Err() == nil {
+				clientErr = err
+				return
+			}
+		}
+	})
+
+	raw := dialRaw(t, ln.Addr().String())
+	const streams, stalled = 20, uint32(7)
+	for i := range streams {
+		raw.get(t, uint32(2*i+1))
+	}
+	for i := range streams {
+		if id := uint32(2*i + 1); id != stalled {
+			raw.open(t, id)
+		}
+	}
+	answered := map[uint32]bool{}
+	start := time.Now()
+	for len(answered) < streams-1 {
+		select {
+		case id := <-raw.ended:
+			answered[id] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d open streams answered", len(answered), streams-1)
+		}
+	}
+	if answered[stalled] {
+		t.Fatal("the stalled stream was answered")
+	}
+	if held := stats.Held.Load(); held <= 0 {
+		t.Errorf("%d bytes held while a response is stalled, want its bytes", held)
+	}
+	select {
+	case <-raw.closed:
+		if waited := time.Since(start); waited < timeout*9/10 {
+			t.Errorf("connection cut after %v, before the write timeout (%v)", waited, timeout)
+		}
+	case <-time.After(10 * timeout):
+		t.Fatal("the stalled response was never cut")
+	}
+	stop()
+	wg.Wait()
+	if clientErr != nil && !errors.Is(clientErr, context.Canceled) {
+		t.Errorf("the busy client failed: %v", clientErr)
+	}
+	if cuts := stats.Cuts.Load(); cuts != 1 {
+		t.Errorf("%d responses cut, want the stalled one", cuts)
+	}
+	for deadline := time.Now().Add(5 * time.Second); stats.Held.Load() != 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if held := stats.Held.Load(); held != 0 {
+		t.Errorf("%d bytes still held after every response ended", held)
+	}
+}
