@@ -14,13 +14,17 @@
 // write timeout with nothing written. It costs nothing measurable (see
 // docs/BENCHMARKS.md), and shows how a server could keep those bounds.
 //
-// What it leaves out, and a server would need: every connection that opens
-// with HTTP/2's preface goes to grpc-go, so the Connect protocol and
-// gRPC-Web over unencrypted HTTP/2 are refused; the ledger's held bytes and
-// cuts are its own (Stats), not the edge's response budget and metrics; and
-// grpc-go is not given the server's other limits (a read timeout, keepalive
-// enforcement matched to Go's server, the write deadline on a connection
-// that takes no byte). TLS connections stay with Go's server.
+// One port still serves every protocol: an unencrypted HTTP/2 connection
+// goes to grpc-go only if its first request is gRPC (sniff.go); the
+// Connect protocol and gRPC-Web go to Go's server, and so does HTTP/1.1.
+//
+// What it leaves out, and a server would need: the ledger's held bytes and
+// cuts are its own (Stats), not the edge's response budget and metrics;
+// grpc-go is not given the server's other limits (a read timeout,
+// keepalive enforcement matched to Go's server, the write deadline on a
+// connection that takes no byte); a client that sends the Connect
+// protocol on a connection that began with gRPC is refused; TLS
+// connections stay with Go's server.
 package grpcbridge
 
 import (
@@ -63,7 +67,7 @@ func Serve(srv *http.Server, ln net.Listener, opts Options) error {
 	gs := grpc.NewServer(
 		grpc.Creds(ledgerCreds{timeout: opts.WriteTimeout, stats: opts.Stats}),
 		grpc.ForceServerCodecV2(rawCodec{}),
-		grpc.UnknownServiceHandler((&bridge{h: srv.Handler}).serve),
+		grpc.UnknownServiceHandler((&bridge{h: srv.Handler, stats: opts.Stats}).serve),
 		// One byte over the edge's own bound, so that the edge, which
 		// reads the envelope's length first, is the one to refuse.
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes+1),
@@ -92,10 +96,10 @@ type Options struct {
 }
 
 // Split accepts connections on ln and hands each to one of two listeners:
-// http2 if it opens with HTTP/2's connection preface (which begins "PRI"),
-// http1 otherwise. Both fail once ln does; a closed one refuses (closes)
+// grpc if it is unencrypted HTTP/2 whose first request is gRPC (see
+// sniff), other otherwise. Both fail once ln does; a closed one refuses (closes)
 // the connections routed to it.
-func Split(ln net.Listener) (http1, http2 net.Listener) {
+func Split(ln net.Listener) (other, grpc net.Listener) {
 	h1, h2 := newQueue(ln.Addr()), newQueue(ln.Addr())
 	go func() {
 		defer h2.close()
@@ -111,8 +115,8 @@ func Split(ln net.Listener) (http1, http2 net.Listener) {
 	return h1, h2
 }
 
-// route hands c to h2 if it opens with HTTP/2's connection preface, else
-// to h1.
+// route hands c to h2 if it is unencrypted HTTP/2 whose first request is
+// gRPC, else to h1.
 func route(c net.Conn, h1, h2 *queue) {
 	r := bufio.NewReader(c)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -122,11 +126,19 @@ func route(c net.Conn, h1, h2 *queue) {
 		_ = c.Close()
 		return
 	}
+	var conn net.Conn = &peeked{Conn: c, r: r}
 	to := h1
 	if string(start) == "PRI" {
-		to = h2
+		var grpc bool
+		if conn, grpc, err = sniff(c, r, sniffWait); err != nil {
+			_ = c.Close()
+			return
+		}
+		if grpc {
+			to = h2
+		}
 	}
-	if !to.put(&peeked{Conn: c, r: r}) {
+	if !to.put(conn) {
 		_ = c.Close()
 	}
 }
@@ -189,13 +201,17 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 func (rawCodec) Name() string { return "proto" }
 
 // bridge hands every call grpc-go receives to h.
-type bridge struct{ h http.Handler }
+type bridge struct {
+	h     http.Handler
+	stats *Stats
+}
 
 // dropped are request headers grpc-go has dealt with: the request arrives
 // decompressed, and the response is compressed by grpc-go, not the edge.
 var dropped = map[string]bool{":authority": true, "grpc-encoding": true, "grpc-accept-encoding": true}
 
 func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
+	b.stats.Calls.Add(1)
 	ctx := ss.Context()
 	method, _ := grpc.MethodFromServerStream(ss)
 	md, _ := metadata.FromIncomingContext(ctx)

@@ -52,6 +52,8 @@ type Stats struct {
 	Held atomic.Int64
 	// Cuts counts responses cut by the write timeout.
 	Cuts atomic.Int64
+	// Calls counts the calls grpc-go served.
+	Calls atomic.Int64
 }
 
 // response is one response's account in its connection's ledger.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
@@ -20,8 +21,25 @@ import (
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
 	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
+	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/service"
 )
+
+// serveBridged serves the real edge over the floor's handlers with
+// grpcbridge.Serve on a loopback port until the test ends.
+func serveBridged(t *testing.T, opts grpcbridge.Options) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers()}), Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	go func() { _ = grpcbridge.Serve(srv, ln, opts) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln
+}
 
 // rawConn is a hand-driven HTTP/2 connection whose streams get no
 // flow-control window unless the test opens one.
@@ -117,18 +135,8 @@ func (c *rawConn) open(t *testing.T, id uint32) {
 func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers()}), Protocols: new(http.Protocols)}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
 	stats := new(grpcbridge.Stats)
-	go func() {
-		_ = grpcbridge.Serve(srv, ln, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, WriteTimeout: timeout, Stats: stats})
-	}()
-	t.Cleanup(func() { _ = srv.Close() })
+	ln := serveBridged(t, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, WriteTimeout: timeout, Stats: stats})
 
 	busy, stop := context.WithCancel(t.Context())
 	defer stop()
@@ -197,5 +205,45 @@ func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
 	}
 	if held := stats.Held.Load(); held != 0 {
 		t.Errorf("%d bytes still held after every response ended", held)
+	}
+}
+
+// TestEachProtocolFindsItsServerOnOnePort calls one port over unencrypted
+// HTTP/2 with the three protocols connect-go speaks, each on connections of
+// its own, and once more over HTTP/1.1: gRPC is served by grpc-go, the
+// Connect protocol and gRPC-Web by Go's server, and every call is
+// answered, so sniffing the first request (and the SETTINGS frame it sends
+// ahead of the server's) leaves each client's connection whole.
+func TestEachProtocolFindsItsServerOnOnePort(t *testing.T) {
+	t.Parallel()
+	stats := new(grpcbridge.Stats)
+	ln := serveBridged(t, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, Stats: stats})
+
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	defer h2c.CloseIdleConnections()
+	url := "http://" + ln.Addr().String()
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+		opts   []connect.ClientOption
+		grpcGo bool
+	}{
+		{"grpc", &http.Client{Transport: h2c}, []connect.ClientOption{connect.WithGRPC()}, true},
+		{"connect over h2c", &http.Client{Transport: h2c.Clone()}, nil, false},
+		{"grpc-web over h2c", &http.Client{Transport: h2c.Clone()}, []connect.ClientOption{connect.WithGRPCWeb()}, false},
+		{"connect over HTTP/1.1", &http.Client{Transport: &http.Transport{}}, nil, false},
+	} {
+		before := stats.Calls.Load()
+		client := cachev1connect.NewCacheServiceClient(c.client, url, c.opts...)
+		for range 3 {
+			res, err := client.Get(t.Context(), connect.NewRequest(&cachev1.GetRequest{Scope: &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}, Key: "k"}))
+			if err != nil || len(res.Msg.GetOutput().GetInline()) != floor.PayloadBytes {
+				t.Fatalf("%s: Get = %v, %v", c.name, res, err)
+			}
+		}
+		if got := stats.Calls.Load() - before; (got == 3) != c.grpcGo || got != 0 && got != 3 {
+			t.Errorf("%s: grpc-go served %d of 3 calls; want all %v", c.name, got, c.grpcGo)
+		}
 	}
 }

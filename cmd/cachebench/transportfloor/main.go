@@ -3,10 +3,10 @@
 // compare transports on their own. It is a measuring tool, never part of
 // the server.
 //
-// Built as it is, it serves every connection that opens with HTTP/2's
-// preface (gRPC without TLS) with grpc-go, and HTTP/1.1 (the Connect
-// protocol, and cachebench's readiness probe) with connect-go on Go's HTTP
-// server. Built with
+// Built as it is, it serves gRPC without TLS (unencrypted HTTP/2
+// connections whose first request is gRPC, see grpcbridge.Split) with
+// grpc-go, and everything else (the Connect protocol, and cachebench's
+// readiness probe) with connect-go on Go's HTTP server. Built with
 //
 //	go build -ldflags '-X main.transport=net/http' ./cmd/cachebench/transportfloor
 //
@@ -15,11 +15,9 @@
 //
 //	transportfloor serve --addr 127.0.0.1:PORT [other flags, ignored]
 //
-// Only our CacheService is served, so cachebench's grpc and connect-proto
-// protocols work with both builds; connect-h2 (the Connect protocol over
-// HTTP/2, which grpc-go refuses) and connect-json work only with the
-// net/http build, and flyte with neither. Left out on purpose: the edge
-// (interceptors, validation, the response budget, authentication).
+// Only our CacheService is served, so every cachebench protocol but flyte
+// works with both builds. Left out on purpose: the edge (interceptors,
+// validation, the response budget, authentication).
 package main
 
 import (
@@ -67,8 +65,8 @@ func addrFlag(args []string) (string, error) {
 }
 
 // serve answers on ln until it fails: with connect-go on Go's HTTP server,
-// and with grpc-go for the connections that open with HTTP/2's preface
-// when transport is "grpc-go". Both stop when it returns.
+// and with grpc-go for gRPC without TLS when transport is "grpc-go". Both
+// stop when it returns.
 func serve(ln net.Listener, transport string) error {
 	canned := floor.Handlers().Cache
 	mux := http.NewServeMux()
