@@ -36,9 +36,8 @@ type batchOps[A, R any] struct {
 	op string
 	// one serves a call alone, as it was served before coalescing.
 	one func(ctx context.Context, q querier, arg A) (R, error)
-	// many serves calls (at least two) with one statement (or one batch)
-	// on conn, setting each call's res or err; an error fails them as a
-	// whole, and each call is then served again alone.
+	// many serves calls (at least two) with one statement on conn, setting
+	// each call's res or err; an error fails the statement as a whole.
 	many func(ctx context.Context, conn *pgxpool.Conn, calls []*pending[A, R]) error
 }
 

@@ -45,21 +45,15 @@ func oneConnStoreHeld(t *testing.T) (s *Store, big []byte, held *pgxpool.Conn) {
 // waitQueued waits, boundedly, until n Gets wait in s's queue.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
-	waitWaiting(t, &s.gets, n)
-}
-
-// waitWaiting waits, boundedly, until n calls wait in q.
-func waitWaiting[A, R any](t *testing.T, q *coalescer[A, R], n int) {
-	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		q.mu.Lock()
-		queued := len(q.waiting)
-		q.mu.Unlock()
+		s.gets.mu.Lock()
+		queued := len(s.gets.waiting)
+		s.gets.mu.Unlock()
 		if queued == n {
 			return
 		}
 	}
-	t.Fatalf("%d calls never queued", n)
+	t.Fatalf("%d Gets never queued", n)
 }
 
 // TestGetsThatQueuedShareOneStatement holds the pool's only connection
