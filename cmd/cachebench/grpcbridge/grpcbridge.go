@@ -54,9 +54,8 @@ import (
 )
 
 // Serve serves srv's handler on ln until srv is shut down or ln fails, as
-// srv.Serve(ln) does: connections that open with HTTP/2's preface with
-// grpc-go, the others with srv. Shutting srv down stops grpc-go too,
-// gracefully.
+// srv.Serve(ln) does: gRPC without TLS with grpc-go (see Split), the rest
+// with srv. Shutting srv down stops grpc-go too, gracefully.
 func Serve(srv *http.Server, ln net.Listener, opts Options) error {
 	if opts.Stats == nil {
 		opts.Stats = new(Stats)
@@ -97,8 +96,8 @@ type Options struct {
 
 // Split accepts connections on ln and hands each to one of two listeners:
 // grpc if it is unencrypted HTTP/2 whose first request is gRPC (see
-// sniff), other otherwise. Both fail once ln does; a closed one refuses (closes)
-// the connections routed to it.
+// sniff), other otherwise. Both fail once ln does; a closed one refuses
+// (closes) the connections routed to it.
 func Split(ln net.Listener) (other, grpc net.Listener) {
 	h1, h2 := newQueue(ln.Addr()), newQueue(ln.Addr())
 	go func() {
