@@ -134,9 +134,10 @@ func TestSlowReadersCannotPinResponseMemory(t *testing.T) {
 	if bound := baseHeap + 6*budgetMiB; peakHeap > bound {
 		t.Errorf("heap in use peaked at %.0f MiB during the attack, want under %.0f MiB", peakHeap, bound)
 	}
-	// What stays is bounded by the pool, not by the attack: each database
-	// connection that read a 1 MiB row keeps its grown buffers.
-	if bound := baseHeap + budgetMiB; settledHeap > bound {
+	// Little stays: the database connections that read the 1 MiB row shed
+	// their grown buffers (store/shed.go), where the pool of ten kept up to
+	// 2 MiB each (the settled heap was 16-26 MiB).
+	if bound := baseHeap + budgetMiB/2; settledHeap > bound {
 		t.Errorf("heap in use settled at %.0f MiB after the attack, want under %.0f MiB (baseline %.0f)", settledHeap, bound, baseHeap)
 	}
 	if handled != conns*streams {

@@ -114,19 +114,19 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 		released := false
 		defer func() {
 			if !released { // serve panicked
-				conn.Release()
+				s.release(conn)
 			}
 		}()
 		q.serve(conn, ops, batch, d)
 		// Back before await: a call the shared statement left to be read
 		// alone (a large entry, a failed batch) takes a connection of its
 		// own, and with every other one busy it would wait for this one.
-		conn.Release()
+		s.release(conn)
 		released = true
 		return q.await(s, ops, call)
 	}
 	go func() {
-		defer conn.Release()
+		defer s.release(conn)
 		q.serve(conn, ops, batch, time.Now().Add(s.timeout))
 	}()
 	return q.await(s, ops, call)

@@ -195,7 +195,7 @@ func (s *Store) runHere(ctx context.Context, op func(ctx context.Context, conn *
 		}
 		return classify("acquire connection", err)
 	}
-	defer conn.Release()
+	defer s.release(conn)
 	d, ok := ctx.Deadline()
 	if !ok { // not bounded by Store.deadline: the store's deadline starts now
 		d = time.Now().Add(s.timeout)
@@ -285,7 +285,7 @@ func (s *Store) withConn(acquireCtx, ctx context.Context, op func(ctx context.Co
 		}
 		return classify("acquire connection", err)
 	}
-	defer conn.Release()
+	defer s.release(conn)
 	return op(ctx, conn)
 }
 

@@ -108,7 +108,9 @@ type Store struct {
 	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
 	// lockedClaims counts claims that took the row lock (ClaimReservation).
 	lockedClaims atomic.Int64
-	allowOffset  bool
+	// shed counts connections that shed grown buffers (shed.go).
+	shed        atomic.Int64
+	allowOffset bool
 }
 
 // Open creates the connection pool. It does not contact the database; call
@@ -129,6 +131,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// Connections stay open across bursts instead of being re-dialled per
 	// request; pgx's default idle time (30m) and health checks keep them.
 	poolCfg.MinConns = min(poolCfg.MaxConns, 2)
+	poolCfg.ConnConfig.AfterNetConnect = watch
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
