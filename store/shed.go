@@ -2,12 +2,15 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -27,32 +30,75 @@ import (
 // Smaller messages grow a buffer to at most twice shedAbove, which stays.
 const shedAbove = 64 << 10
 
-// watchedConn is a connection to PostgreSQL that notices when pgx reads or
-// writes more than shedAbove bytes at once: pgx reads into the whole of
-// its read buffer, so a read that large means that buffer has grown.
-type watchedConn struct {
+// dialedConn is a connection to PostgreSQL as dialled, below TLS if any:
+// pgx keeps it (or the TLS connection over it) as the connection's
+// net.Conn, where release finds it. It is not what pgx reads from: a
+// connection over TLS must stay a *tls.Conn for pgx, which binds SCRAM
+// authentication to the TLS channel only then.
+type dialedConn struct {
 	net.Conn
-	grown atomic.Bool
+	grown atomic.Bool // pgx moved more than shedAbove bytes at once
 }
 
-func (c *watchedConn) Read(p []byte) (int, error) {
-	if len(p) > shedAbove {
-		c.grown.Store(true)
+// dialWatched wraps dial's connections (pgconn's DialFunc).
+func dialWatched(dial pgconn.DialFunc) pgconn.DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &dialedConn{Conn: c}, nil
 	}
-	return c.Conn.Read(p)
 }
 
-func (c *watchedConn) Write(p []byte) (int, error) {
-	if len(p) > shedAbove {
-		c.grown.Store(true)
+// dialedOf returns the dialled connection under c, or nil.
+func dialedOf(c net.Conn) *dialedConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
 	}
-	return c.Conn.Write(p)
+	d, _ := c.(*dialedConn)
+	return d
 }
 
-// watch is pgconn's AfterNetConnect: it wraps the connection pgx reads and
-// writes (above TLS, so the sizes are pgx's own).
-func watch(_ context.Context, _ *pgconn.Config, conn net.Conn) (net.Conn, error) {
-	return &watchedConn{Conn: conn}, nil
+// buildWatchedFrontend is pgconn's BuildFrontend: pgx's protocol reader and
+// writer, above TLS, whose sizes are pgx's own buffers' (it reads into the
+// whole of its read buffer, so a read that large means it has grown), note
+// a large message on the dialled connection. w is the connection.
+func buildWatchedFrontend(r io.Reader, w io.Writer) *pgproto3.Frontend {
+	c, _ := w.(net.Conn)
+	d := dialedOf(c)
+	if d == nil {
+		return pgproto3.NewFrontend(r, w)
+	}
+	return pgproto3.NewFrontend(sizeWatch{Reader: r, d: d}, sizeWatch{Writer: w, d: d})
+}
+
+// sizeWatch is a reader or a writer that sets d.grown on a call of more
+// than shedAbove bytes.
+type sizeWatch struct {
+	io.Reader
+	io.Writer
+	d *dialedConn
+}
+
+func (s sizeWatch) Read(p []byte) (int, error) {
+	if len(p) > shedAbove {
+		s.d.grown.Store(true)
+	}
+	return s.Reader.Read(p)
+}
+
+func (s sizeWatch) Write(p []byte) (int, error) {
+	if len(p) > shedAbove {
+		s.d.grown.Store(true)
+	}
+	return s.Writer.Write(p)
+}
+
+// watch makes config's connections note large messages (see release).
+func watch(config *pgconn.Config) {
+	config.DialFunc = dialWatched(config.DialFunc)
+	config.BuildFrontend = buildWatchedFrontend
 }
 
 // shedSQL selects shedWidth NULL parameters. pgx reuses, from statement to
@@ -69,9 +115,12 @@ var shedSQL, shedArgs = func() (string, []any) {
 }()
 
 // release returns conn to the pool; a connection whose buffers grew sheds
-// them first, on a goroutine of its own.
+// them first, on a goroutine of its own. One the pool is about to discard
+// (closed, busy, or left in a transaction) is not worth the round trip.
 func (s *Store) release(conn *pgxpool.Conn) {
-	if w, ok := conn.Conn().PgConn().Conn().(*watchedConn); !ok || !w.grown.Swap(false) || conn.Conn().IsClosed() {
+	pg := conn.Conn().PgConn()
+	d := dialedOf(pg.Conn())
+	if d == nil || !d.grown.Swap(false) || pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' {
 		conn.Release()
 		return
 	}

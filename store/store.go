@@ -131,7 +131,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// Connections stay open across bursts instead of being re-dialled per
 	// request; pgx's default idle time (30m) and health checks keep them.
 	poolCfg.MinConns = min(poolCfg.MaxConns, 2)
-	poolCfg.ConnConfig.AfterNetConnect = watch
+	watch(&poolCfg.ConnConfig.Config)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("create connection pool: %w", err)
