@@ -129,9 +129,23 @@ func (l *responseLimits) handler(h http.Handler) http.Handler {
 			h.ServeHTTP(dw, r)
 			return
 		}
-		defer func() { l.budget.release(dw.held) }()
+		defer func() {
+			if later, ok := w.(sentLater); ok && dw.held > 0 {
+				held := dw.held
+				later.releaseWhenWritten(func() { l.budget.release(held) })
+				return
+			}
+			l.budget.release(dw.held)
+		}()
 		h.ServeHTTP(dw, r.WithContext(context.WithValue(r.Context(), holdKey{}, dw)))
 	})
+}
+
+// sentLater is a ResponseWriter whose response leaves after the handler
+// returns, queued (grpc-go's, through the bridge): the budget's hold is
+// given back once it has left, not when the handler returns.
+type sentLater interface {
+	releaseWhenWritten(release func())
 }
 
 // interceptor takes the response's size from the budget before Connect

@@ -154,6 +154,7 @@ func parseConfig(args []string, env lookupEnv, output io.Writer) (Config, error)
 	fs.DurationVar(&cfg.HTTP.WriteTimeout, "write-timeout", cfg.HTTP.WriteTimeout, "longest each 64 KiB of a response waits for the client to read it; then the HTTP/2 stream is reset or the HTTP/1.1 connection closed")
 	fs.Var(&responseBudget, "response-budget", "`bytes` of responses held while being written (suffixes KiB, MiB, GiB allowed); a response beyond it is answered resource_exhausted")
 	fs.IntVar(&cfg.HTTP.MaxStreams, "http2-max-streams", cfg.HTTP.MaxStreams, "concurrent HTTP/2 streams per connection")
+	fs.StringVar(&cfg.HTTP.GRPCTransport, "grpc-transport", cfg.HTTP.GRPCTransport, "what serves gRPC without TLS: grpc-go (half the CPU per call) or net/http (Go's HTTP/2 server, as every other protocol and all of TLS)")
 	fs.IntVar(&cfg.HTTP.MaxConns, "max-connections", cfg.HTTP.MaxConns, "open connections on --addr; more are closed on arrival; 0 is no limit")
 	fs.Var(&origins, "cors-allowed-origins", "comma-separated browser `origins` allowed to call, * for any; none disables CORS")
 	fs.Var(&gcHeadroom, "gc-headroom", "`bytes` the heap may grow above what is live before the garbage collector runs again, or by GOGC=100 if that is more (suffixes KiB, MiB, GiB allowed); 0 leaves the collector to Go's default; ignored when GOGC is set")
@@ -281,6 +282,8 @@ func (c Config) validate() error {
 	check(c.HTTP.WriteTimeout >= 10*time.Millisecond && c.HTTP.WriteTimeout <= time.Hour,
 		"%s must be between 10ms and 1h, got %v", opt("write-timeout"), c.HTTP.WriteTimeout)
 	check(c.HTTP.ResponseBudget >= 1<<20, "%s must be at least 1MiB, got %d", opt("response-budget"), c.HTTP.ResponseBudget)
+	check(c.HTTP.GRPCTransport == grpcTransportGRPCGo || c.HTTP.GRPCTransport == grpcTransportNetHTTP,
+		"%s must be %s or %s, got %q", opt("grpc-transport"), grpcTransportGRPCGo, grpcTransportNetHTTP, c.HTTP.GRPCTransport)
 	check(c.HTTP.MaxStreams >= 1 && c.HTTP.MaxStreams <= 10000,
 		"%s must be between 1 and 10000, got %d", opt("http2-max-streams"), c.HTTP.MaxStreams)
 	check(c.HTTP.MaxConns >= 0 && c.HTTP.MaxConns <= 1_000_000,

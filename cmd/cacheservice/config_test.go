@@ -39,7 +39,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Store:            store.Config{MaxConns: 10, Timeout: 5 * time.Second, LockTimeout: 2 * time.Second},
 		Manager:          manager.Config{MaxHeartbeat: 10 * time.Second, MinHeartbeat: 100 * time.Millisecond, GraceMultiplier: 3, MaxInlineBytes: 1 << 20},
 		MaxRequestBytes:  4 << 20,
-		HTTP:             HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100},
+		HTTP:             HTTPConfig{WriteTimeout: 10 * time.Second, ResponseBudget: 64 << 20, MaxStreams: 100, GRPCTransport: "grpc-go"},
 		GCHeadroom:       32 << 20,
 		ShutdownTimeout:  15 * time.Second,
 		LogLevel:         slog.LevelInfo,
@@ -97,9 +97,9 @@ func TestParseConfigPrecedence(t *testing.T) {
 		{"log settings", nil, map[string]string{"CACHESERVICE_LOG_LEVEL": "warn", "CACHESERVICE_LOG_FORMAT": "json"},
 			func(c Config) bool { return c.LogLevel == slog.LevelWarn && c.LogFormat == "json" }},
 		{"HTTP limits", []string{"--write-timeout=2s", "--response-budget=16MiB", "--http2-max-streams=10"},
-			map[string]string{"CACHESERVICE_MAX_CONNECTIONS": "500"},
+			map[string]string{"CACHESERVICE_MAX_CONNECTIONS": "500", "CACHESERVICE_GRPC_TRANSPORT": "net/http"},
 			func(c Config) bool {
-				return c.HTTP == HTTPConfig{WriteTimeout: 2 * time.Second, ResponseBudget: 16 << 20, MaxStreams: 10, MaxConns: 500}
+				return c.HTTP == HTTPConfig{WriteTimeout: 2 * time.Second, ResponseBudget: 16 << 20, MaxStreams: 10, MaxConns: 500, GRPCTransport: "net/http"}
 			}},
 		{"gc headroom", nil, map[string]string{"CACHESERVICE_GC_HEADROOM": "128MiB"},
 			func(c Config) bool { return c.GCHeadroom == 128<<20 }},
@@ -164,6 +164,7 @@ func TestServeRejectsBadConfiguration(t *testing.T) {
 		{"write timeout too long", nil, map[string]string{"CACHESERVICE_WRITE_TIMEOUT": "100h"}, "--write-timeout (CACHESERVICE_WRITE_TIMEOUT)"},
 		{"response budget too small", []string{"--response-budget=1KiB"}, nil, "--response-budget"},
 		{"zero streams", []string{"--http2-max-streams=0"}, nil, "--http2-max-streams"},
+		{"unknown grpc transport", []string{"--grpc-transport=netty"}, nil, `--grpc-transport (CACHESERVICE_GRPC_TRANSPORT) must be grpc-go or net/http, got "netty"`},
 		{"gc headroom too small", []string{"--gc-headroom=3MiB"}, nil, "--gc-headroom (CACHESERVICE_GC_HEADROOM) must be 0 (off) or at least 4MiB"},
 		{"unparsable gc headroom", nil, map[string]string{"CACHESERVICE_GC_HEADROOM": "lots"}, `CACHESERVICE_GC_HEADROOM (--gc-headroom): "lots" is not a size`},
 		{"negative connections", []string{"--max-connections=-1"}, nil, "--max-connections"},
@@ -230,7 +231,7 @@ func TestServeHelpListsEveryFlagWithItsVariable(t *testing.T) {
 		"grace-multiplier", "max-inline-bytes", "max-request-bytes", "cors-allowed-origins", "shutdown-timeout",
 		"log-level", "log-format", "metrics-addr", "otlp-endpoint", "pprof", "sweep-interval",
 		"reservation-retention", "entry-ttl", "sweep-batch-size",
-		"write-timeout", "response-budget", "http2-max-streams", "max-connections", "gc-headroom"} {
+		"write-timeout", "response-budget", "http2-max-streams", "grpc-transport", "max-connections", "gc-headroom"} {
 		listed := strings.Contains(stdout.String(), "-"+flag+" ") || strings.Contains(stdout.String(), "-"+flag+"\n") // a bool flag has no value
 		if !listed || !strings.Contains(stdout.String(), envName(flag)) {
 			t.Errorf("help does not list -%s with %s:\n%s", flag, envName(flag), &stdout)

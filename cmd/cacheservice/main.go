@@ -16,7 +16,10 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/cacheservice/cacheservice/internal/gcheadroom"
 	"github.com/cacheservice/cacheservice/internal/version"
@@ -38,7 +41,26 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
+	// grpc-go logs to stderr in its own format unless told; before any of
+	// it runs, its errors go where net/http's do (see grpcLog).
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, grpcLog{}))
 	os.Exit(cli(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr))
+}
+
+// grpcLogTo is where grpc-go's errors go: the errorLog of the server
+// running in this process, or nowhere before it starts.
+var grpcLogTo atomic.Pointer[errorLog]
+
+// grpcLog writes grpc-go's error lines to grpcLogTo's log, which rate-
+// limits them as net/http's: mostly what clients do to their own
+// connections.
+type grpcLog struct{}
+
+func (grpcLog) Write(p []byte) (int, error) {
+	if l := grpcLogTo.Load(); l != nil {
+		return l.Write(p)
+	}
+	return len(p), nil
 }
 
 const usage = `cacheservice stores workflow task outputs and coordinates who computes a missing one.

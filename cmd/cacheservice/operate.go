@@ -82,7 +82,7 @@ func (ops *operations) start(ctx context.Context, mux *http.ServeMux, m *manager
 		admin = http.NewServeMux()
 		srv := newHTTPServer(admin, ops.logger, ops.cfg.HTTP)
 		ops.logger.Info("metrics listening", slog.String("addr", ln.Addr().String()))
-		ops.background.Go(func() { ops.adminErr <- serve(ctx, srv, serveHTTP, ln, ops.cfg.ShutdownTimeout, ops.logger) })
+		ops.background.Go(func() { ops.adminErr <- serve(ctx, tlsServer{srv}, ln, ops.cfg.ShutdownTimeout, ops.logger) })
 	}
 	if admin != nil {
 		ops.mountAdmin(admin)

@@ -70,7 +70,18 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 	if sec.auth == nil && !loopback(cfg.Addr) {
 		logger.Warn("no authentication: anyone who reaches this address may read, write and delete every entry (--insecure-allow-open)")
 	}
-	return serve(ctx, srv, apiTransport(cfg, logger), refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
+	var grpcSrv *service.GRPCServer
+	if sec.tls == nil && cfg.HTTP.GRPCTransport == grpcTransportGRPCGo {
+		grpcSrv = service.NewGRPCServer(srv.Handler, service.GRPCOptions{
+			MaxStreams:      cfg.HTTP.MaxStreams,
+			MaxRequestBytes: cfg.MaxRequestBytes,
+			WriteTimeout:    cfg.HTTP.WriteTimeout,
+			ReadTimeout:     srv.ReadTimeout,
+			IdleTimeout:     srv.IdleTimeout,
+			OnCut:           ops.metrics.ObserveCut,
+		})
+	}
+	return serve(ctx, &apiServer{srv, grpcSrv}, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
 }
 
 // HTTPConfig bounds what clients can hold of the HTTP server: time,
@@ -88,7 +99,16 @@ type HTTPConfig struct {
 	// MaxConns bounds the open connections; beyond it new ones are closed at
 	// once. 0 is no bound.
 	MaxConns int
+	// GRPCTransport is what serves gRPC without TLS: grpcTransportGRPCGo
+	// or grpcTransportNetHTTP.
+	GRPCTransport string
 }
+
+// The values of --grpc-transport.
+const (
+	grpcTransportGRPCGo  = "grpc-go"
+	grpcTransportNetHTTP = "net/http"
+)
 
 // defaultHTTPConfig is the HTTP server's configuration without flags.
 func defaultHTTPConfig() HTTPConfig {
@@ -97,7 +117,8 @@ func defaultHTTPConfig() HTTPConfig {
 		ResponseBudget: service.DefaultResponseBudget,
 		// gRPC's usual limit; Go's default of 250 lets one connection pin
 		// more responses at once.
-		MaxStreams: 100,
+		MaxStreams:    100,
+		GRPCTransport: grpcTransportGRPCGo,
 	}
 }
 
@@ -107,6 +128,8 @@ func defaultHTTPConfig() HTTPConfig {
 // slow to compute (a long poll), not one that is slow to be read; the
 // edge's per-write deadlines (cfg.WriteTimeout) do that.
 func newHTTPServer(h http.Handler, logger *slog.Logger, cfg HTTPConfig) *http.Server {
+	errs := newErrorLog(logger)
+	grpcLogTo.Store(errs) // grpc-go's errors too, if it serves gRPC
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -131,7 +154,7 @@ func newHTTPServer(h http.Handler, logger *slog.Logger, cfg HTTPConfig) *http.Se
 			// (the client's TCP window is shut) is closed.
 			WriteByteTimeout: cfg.WriteTimeout,
 		},
-		ErrorLog: log.New(newErrorLog(logger), "", 0),
+		ErrorLog: log.New(errs, "", 0),
 	}
 }
 
@@ -170,8 +193,17 @@ func (l *errorLog) Write(p []byte) (int, error) {
 		}
 		l.mu.Unlock()
 	}
-	l.logger.Log(context.Background(), level, msg, slog.String("source", "net/http"))
+	l.logger.Log(context.Background(), level, msg, slog.String("source", source(msg)))
 	return len(p), nil
+}
+
+// source names the library an error line comes from: grpc-go's begin with
+// its severity.
+func source(msg string) string {
+	if strings.HasPrefix(msg, "ERROR: ") || strings.HasPrefix(msg, "WARNING: ") {
+		return "grpc-go"
+	}
+	return "net/http"
 }
 
 // refuseOver wraps ln so that beyond max open connections a new one is
@@ -221,21 +253,69 @@ func (c *countedConn) Close() error {
 	return err
 }
 
-// serveHTTP serves srv on ln, with TLS when srv has a configuration (the
-// certificate comes from it).
-func serveHTTP(srv *http.Server, ln net.Listener) error {
-	if srv.TLSConfig != nil {
-		return srv.ServeTLS(ln, "", "")
-	}
-	return srv.Serve(ln)
+// server is what serve runs: an http.Server, or apiServer.
+type server interface {
+	Serve(ln net.Listener) error
+	Shutdown(ctx context.Context) error
+	Close() error
 }
 
-// serve runs srv on ln with transport (serveHTTP, or what apiTransport
-// gives) until ctx ends, then shuts it down gracefully, closing
-// connections that are still busy after timeout.
-func serve(ctx context.Context, srv *http.Server, transport func(*http.Server, net.Listener) error, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
+// tlsServer serves its http.Server with TLS (the certificate comes from its
+// TLSConfig) when it has a configuration.
+type tlsServer struct{ *http.Server }
+
+func (s tlsServer) Serve(ln net.Listener) error {
+	if s.TLSConfig != nil {
+		return s.ServeTLS(ln, "", "")
+	}
+	return s.Server.Serve(ln)
+}
+
+// apiServer serves the API on one port: gRPC without TLS with grpc-go
+// (when grpc is set), everything else with Go's HTTP server.
+type apiServer struct {
+	http *http.Server
+	grpc *service.GRPCServer // nil: Go's server serves gRPC too
+}
+
+func (s *apiServer) Serve(ln net.Listener) error {
+	if s.grpc == nil {
+		return tlsServer{s.http}.Serve(ln)
+	}
+	other, grpcConns := service.SplitGRPC(ln)
+	go func() { _ = s.grpc.Serve(grpcConns) }()
+	return s.http.Serve(other)
+}
+
+// Shutdown stops both servers gracefully; if ctx ends first, the caller
+// closes them.
+func (s *apiServer) Shutdown(ctx context.Context) error {
+	if s.grpc == nil {
+		return s.http.Shutdown(ctx)
+	}
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	err := s.http.Shutdown(ctx)
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		err = errors.Join(err, ctx.Err())
+	}
+	return err
+}
+
+func (s *apiServer) Close() error {
+	if s.grpc != nil {
+		s.grpc.Stop()
+	}
+	return s.http.Close()
+}
+
+// serve runs srv on ln until ctx ends, then shuts it down gracefully,
+// closing connections that are still busy after timeout.
+func serve(ctx context.Context, srv server, ln net.Listener, timeout time.Duration, logger *slog.Logger) error {
 	served := make(chan error, 1)
-	go func() { served <- transport(srv, ln) }()
+	go func() { served <- srv.Serve(ln) }()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)

@@ -4,7 +4,7 @@
 // the server.
 //
 // Built as it is, it serves gRPC without TLS (unencrypted HTTP/2
-// connections whose first request is gRPC, see grpcbridge.Split) with
+// connections whose first request is gRPC, see service.SplitGRPC) with
 // grpc-go, and everything else (the Connect protocol, and cachebench's
 // readiness probe) with connect-go on Go's HTTP server. Built with
 //
@@ -33,9 +33,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
-	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/service"
 )
 
 // transport is "grpc-go" or "net/http"; set with -ldflags -X.
@@ -84,7 +84,7 @@ func serve(ln net.Listener, transport string) error {
 	gs := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams))
 	defer gs.Stop()
 	gs.RegisterService(cacheServiceDesc(canned), nil)
-	http1, http2 := grpcbridge.Split(ln)
+	http1, http2 := service.SplitGRPC(ln)
 	go func() { _ = gs.Serve(http2) }()
 	return hs.Serve(http1)
 }

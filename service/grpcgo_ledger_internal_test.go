@@ -1,11 +1,15 @@
-package grpcbridge
+package service
 
 import (
+	"bufio"
 	"encoding/binary"
+	"io"
 	"net"
 	"testing"
 	"time"
 )
+
+const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // frame is an HTTP/2 frame as grpc-go writes it: a 9-byte header, then the
 // payload.
@@ -26,8 +30,8 @@ func frame(typ, flags byte, stream uint32, payload int) []byte {
 func TestLedgerMatchesResponsesToStreamsByTheirHeaders(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
-	stats := new(Stats)
-	l := newLedger(server, time.Hour, stats)
+	stats := new(GRPCStats)
+	l := newLedger(server, &GRPCOptions{WriteTimeout: time.Hour, Stats: stats, OnCut: func(Cut) {}})
 	var rs []*response
 	for range 3 {
 		r, err := l.register(func() error { return nil })
@@ -64,5 +68,41 @@ func TestLedgerMatchesResponsesToStreamsByTheirHeaders(t *testing.T) {
 	}
 	if held := stats.Held.Load(); held != 0 {
 		t.Errorf("held %d after every stream ended, want 0", held)
+	}
+}
+
+// TestSniffReadsNoFurtherThanItsBound sends a connection's preface and then
+// frames that are not a request's headers, more than sniff reads before it
+// gives up: the connection is refused, and what the server read stays
+// within the bound; the empty SETTINGS the server sends first arrives.
+func TestSniffReadsNoFurtherThanItsBound(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := sniff(server, bufio.NewReader(server), 10*time.Second)
+		server.Close() // the route closes a refused connection
+		done <- err
+	}()
+	go func() { _, _ = io.Copy(io.Discard, client) }() // the server's SETTINGS
+	if _, err := client.Write([]byte(http2Preface)); err != nil {
+		t.Fatal(err)
+	}
+	ping := frame(0x6, 0, 0, 8)
+	written := 0
+	for written <= sniffMax {
+		if _, err := client.Write(ping); err != nil {
+			break // refused: the server stopped reading
+		}
+		written += len(ping)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("sniff accepted a connection that sent no request headers")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("sniff read past its bound")
 	}
 }

@@ -1,31 +1,19 @@
-// Package grpcbridge serves gRPC with grpc-go's transport in front of the
-// server's own edge, to measure what that transport would save the real
-// server: each call that grpc-go receives is handed to the edge (every
-// interceptor, validation, authentication, the handlers, the manager and
-// the store) as an http.Request, and the edge's answer goes back through
-// grpc-go. It is a measuring tool, linked only into the cacheservice
-// build with the cachebench_grpcgo tag, never into the server.
+package service
+
+// The gRPC protocol is served by grpc-go's transport in front of the edge:
+// Go's HTTP/2 server with connect-go's gRPC handler costs twice as much CPU
+// per call as grpc-go (docs/BENCHMARKS.md, "The floor's transport"). Each
+// call grpc-go receives is handed to the edge as an http.Request (every
+// interceptor, authentication, validation, the budget, the handlers), and
+// the edge's answer goes back through grpc-go, so there is one
+// implementation of everything but the transport.
 //
-// grpc-go tells a handler neither when a response has left nor lets it
-// reset one stream, both of which the edge's write timeout and response
-// budget rely on. So each connection keeps a ledger (ledger.go) that reads
-// the frames grpc-go writes to it: it knows, per response, what is queued
-// and what has left, and closes a connection whose response has waited the
-// write timeout with nothing written. It costs nothing measurable (see
-// docs/BENCHMARKS.md), and shows how a server could keep those bounds.
-//
-// One port still serves every protocol: an unencrypted HTTP/2 connection
-// goes to grpc-go only if its first request is gRPC (sniff.go); the
-// Connect protocol and gRPC-Web go to Go's server, and so does HTTP/1.1.
-//
-// What it leaves out, and a server would need: the ledger's held bytes and
-// cuts are its own (Stats), not the edge's response budget and metrics;
-// grpc-go is not given the server's other limits (a read timeout,
-// keepalive enforcement matched to Go's server, the write deadline on a
-// connection that takes no byte); a client that sends the Connect
-// protocol on a connection that began with gRPC is refused; TLS
-// connections stay with Go's server.
-package grpcbridge
+// What Go's server gives the edge and grpc-go does not, the bridge makes up
+// for: which server takes a connection is decided by its first request
+// (grpcgo_sniff.go), so one port serves every protocol; and a ledger per
+// connection (grpcgo_ledger.go) follows each response to the socket, so
+// the response budget holds its bytes until they have left and the write
+// timeout cuts a response that does not leave.
 
 import (
 	"bufio"
@@ -40,12 +28,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/encoding/gzip" // requests compressed as the edge accepts them
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -53,52 +43,105 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Serve serves srv's handler on ln until srv is shut down or ln fails, as
-// srv.Serve(ln) does: gRPC without TLS with grpc-go (see Split), the rest
-// with srv. Shutting srv down stops grpc-go too, gracefully.
-func Serve(srv *http.Server, ln net.Listener, opts Options) error {
-	if opts.Stats == nil {
-		opts.Stats = new(Stats)
+// GRPCOptions bound the gRPC server as Go's HTTP server is bounded.
+type GRPCOptions struct {
+	// MaxStreams bounds the concurrent streams of one connection; 0 means
+	// 100.
+	MaxStreams int
+	// MaxRequestBytes bounds a request message; 0 means
+	// DefaultMaxRequestBytes. Set it as the edge's.
+	MaxRequestBytes int
+	// WriteTimeout: a response with bytes queued and none written for this
+	// long is cut, and its connection closed (grpc-go cannot reset one
+	// stream from outside); a connection that takes no byte for this long
+	// is closed. 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// ReadTimeout bounds how long a call's request may take to arrive,
+	// from its first read to its end; past it the connection is closed. 0
+	// means none.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a connection without calls for this long; 0 means
+	// none.
+	IdleTimeout time.Duration
+	// OnCut is called for every response cut short; nil ignores them.
+	OnCut func(Cut)
+	// Stats, if set, counts what the server does.
+	Stats *GRPCStats
+}
+
+// GRPCStats counts what a GRPCServer does.
+type GRPCStats struct {
+	// Held is the bytes of responses queued and not yet written, over all
+	// connections: what slow readers hold.
+	Held atomic.Int64
+	// Calls counts the calls served.
+	Calls atomic.Int64
+}
+
+// GRPCServer serves the gRPC protocol of an edge with grpc-go, on the
+// connections SplitGRPC routes to it.
+type GRPCServer struct {
+	gs *grpc.Server
+}
+
+// NewGRPCServer returns a server of edge's gRPC protocol (edge is
+// NewEdge's handler, with whatever the caller serves beside it).
+func NewGRPCServer(edge http.Handler, opts GRPCOptions) *GRPCServer {
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = 100
+	}
+	if opts.MaxRequestBytes <= 0 {
+		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 10 * time.Second
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.OnCut == nil {
+		opts.OnCut = func(Cut) {}
+	}
+	if opts.Stats == nil {
+		opts.Stats = new(GRPCStats)
 	}
 	gs := grpc.NewServer(
-		grpc.Creds(ledgerCreds{timeout: opts.WriteTimeout, stats: opts.Stats}),
+		grpc.Creds(ledgerCreds{opts: &opts}),
 		grpc.ForceServerCodecV2(rawCodec{}),
-		grpc.UnknownServiceHandler((&bridge{h: srv.Handler, stats: opts.Stats}).serve),
+		grpc.UnknownServiceHandler((&bridge{h: edge, opts: &opts}).serve),
 		// One byte over the edge's own bound, so that the edge, which
 		// reads the envelope's length first, is the one to refuse.
 		grpc.MaxRecvMsgSize(opts.MaxRequestBytes+1),
 		grpc.MaxConcurrentStreams(uint32(opts.MaxStreams)),
-		grpc.InitialWindowSize(1<<20), // what Go's server may buffer, as the server sets it
+		// What one client can make the server buffer of its requests, as
+		// Go's server is set (cmd/cacheservice).
+		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(1<<20),
 		grpc.MaxHeaderListSize(64<<10),
+		// A connection's write buffer only while it writes: idle
+		// connections (and slow readers') then hold less.
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: opts.IdleTimeout}),
+		// grpc-go closes, by default, a connection whose client pings more
+		// often than every 5 minutes; Go's server lets clients keep their
+		// connections alive as they see fit, and so does this.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 	)
-	srv.RegisterOnShutdown(gs.GracefulStop)
-	http1, http2 := Split(ln)
-	go func() { _ = gs.Serve(http2) }()
-	err := srv.Serve(http1)
-	_ = ln.Close()
-	return err
+	return &GRPCServer{gs: gs}
 }
 
-// Options are Serve's bounds, as the server's flags set them.
-type Options struct {
-	MaxStreams      int
-	MaxRequestBytes int
-	// WriteTimeout: a response with bytes queued and none written for this
-	// long is cut (its connection closed).
-	WriteTimeout time.Duration
-	// Stats, if set, counts what the connections' ledgers see.
-	Stats *Stats
-}
+// Serve serves the connections ln accepts until Stop or GracefulStop.
+func (s *GRPCServer) Serve(ln net.Listener) error { return s.gs.Serve(ln) }
 
-// Split accepts connections on ln and hands each to one of two listeners:
-// grpc if it is unencrypted HTTP/2 whose first request is gRPC (see
-// sniff), other otherwise. Both fail once ln does; a closed one refuses
-// (closes) the connections routed to it.
-func Split(ln net.Listener) (other, grpc net.Listener) {
+// GracefulStop stops accepting connections and waits for the calls in
+// progress to finish.
+func (s *GRPCServer) GracefulStop() { s.gs.GracefulStop() }
+
+// Stop closes every connection at once.
+func (s *GRPCServer) Stop() { s.gs.Stop() }
+
+// SplitGRPC accepts connections on ln and hands each to one of two
+// listeners: grpc if it is unencrypted HTTP/2 whose first request is gRPC
+// (see sniff), other otherwise. Both fail once ln does; a closed one
+// refuses (closes) the connections routed to it.
+func SplitGRPC(ln net.Listener) (other, grpc net.Listener) {
 	h1, h2 := newQueue(ln.Addr()), newQueue(ln.Addr())
 	go func() {
 		defer h2.close()
@@ -201,8 +244,8 @@ func (rawCodec) Name() string { return "proto" }
 
 // bridge hands every call grpc-go receives to h.
 type bridge struct {
-	h     http.Handler
-	stats *Stats
+	h    http.Handler
+	opts *GRPCOptions
 }
 
 // dropped are request headers grpc-go has dealt with: the request arrives
@@ -210,7 +253,7 @@ type bridge struct {
 var dropped = map[string]bool{":authority": true, "grpc-encoding": true, "grpc-accept-encoding": true}
 
 func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
-	b.stats.Calls.Add(1)
+	b.opts.Stats.Calls.Add(1)
 	ctx := ss.Context()
 	method, _ := grpc.MethodFromServerStream(ss)
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -225,7 +268,7 @@ func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
 	}
 	r := &http.Request{
 		Method: http.MethodPost, URL: &url.URL{Path: method}, RequestURI: method,
-		Proto: "HTTP/2.0", ProtoMajor: 2, Header: header, Body: &body{ss: ss}, ContentLength: -1,
+		Proto: "HTTP/2.0", ProtoMajor: 2, Header: header, ContentLength: -1,
 	}
 	if v := md[":authority"]; len(v) > 0 {
 		r.Host = v[0]
@@ -238,7 +281,10 @@ func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
 		// grpc-go would otherwise answer compressed, as it was asked.
 		_ = grpc.SetSendCompressor(ctx, "identity")
 	}
-	w := &writer{ss: ss, ledger: ledgerOf(ctx), header: make(http.Header, 4)}
+	l := ledgerOf(ctx)
+	r.Body = &body{ss: ss, ledger: l, timeout: b.opts.ReadTimeout}
+	defer r.Body.(*body).done()
+	w := &writer{ss: ss, ledger: l, header: make(http.Header, 4)}
 	b.h.ServeHTTP(w, r.WithContext(ctx))
 	return w.status()
 }
@@ -246,14 +292,24 @@ func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
 // body reads the call's messages as gRPC envelopes, the form the edge
 // reads.
 type body struct {
-	ss   grpc.ServerStream
-	next []byte // unread part of the current envelope
-	eof  bool
+	ss      grpc.ServerStream
+	ledger  *ledger       // of the call's connection, closed by the read timeout
+	timeout time.Duration // bounds the request from its first read; 0: none
+	timer   *time.Timer
+	next    []byte // unread part of the current envelope
+	eof     bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
+	if b.timer == nil && b.timeout > 0 && b.ledger != nil && !b.eof {
+		// As Go's server's ReadTimeout: a request that does not arrive in
+		// time ends (here with its connection: grpc-go cannot reset one
+		// stream from outside).
+		b.timer = time.AfterFunc(b.timeout, b.ledger.closeConn)
+	}
 	for len(b.next) == 0 {
 		if b.eof {
+			b.done()
 			return 0, io.EOF
 		}
 		var msg []byte
@@ -273,6 +329,23 @@ func (b *body) Read(p []byte) (int, error) {
 }
 
 func (*body) Close() error { return nil }
+
+// done stops the read timeout.
+func (b *body) done() {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+}
+
+// releaseWhenWritten calls release once the response has left, or never
+// will: grpc-go sends it after the handler returns (see ledger).
+func (w *writer) releaseWhenWritten(release func()) {
+	if w.account == nil {
+		release()
+		return
+	}
+	w.ledger.whenEnded(w.account, release)
+}
 
 // writer takes the edge's gRPC response (headers, envelopes, and trailers
 // as net/http takes them) and sends it through grpc-go.

@@ -1,4 +1,4 @@
-package grpcbridge
+package service
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package grpcbridge_test
+package service_test
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +21,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
-	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/service"
 )
@@ -45,7 +43,11 @@ func start(t *testing.T, viaGRPCGo bool) *grpc.ClientConn {
 	served := make(chan error, 1)
 	go func() {
 		if viaGRPCGo {
-			served <- grpcbridge.Serve(srv, ln, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: maxRequestBytes, WriteTimeout: 10 * time.Second})
+			other, grpcConns := service.SplitGRPC(ln)
+			gs := service.NewGRPCServer(srv.Handler, service.GRPCOptions{MaxStreams: 100, MaxRequestBytes: maxRequestBytes})
+			srv.RegisterOnShutdown(gs.GracefulStop)
+			go func() { _ = gs.Serve(grpcConns) }()
+			served <- srv.Serve(other)
 		} else {
 			served <- srv.Serve(ln)
 		}
@@ -172,21 +174,4 @@ func TestGRPCGoAnswersAsGoServerDoes(t *testing.T) {
 		t.Errorf("reflection through grpc-go lists %v, want cacheservice.v1.CacheService among them", names)
 	}
 	_ = stream.CloseSend()
-}
-
-// TestProductionBinaryHasNoGRPCBridge checks that the server built without
-// the cachebench_grpcgo tag does not contain this package, and with it
-// does.
-func TestProductionBinaryHasNoGRPCBridge(t *testing.T) {
-	t.Parallel()
-	const pkg = "github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
-	for _, tags := range []string{"", "cachebench_grpcgo"} {
-		out, err := exec.Command("go", "list", "-tags", tags, "-deps", "github.com/cacheservice/cacheservice/cmd/cacheservice").Output()
-		if err != nil {
-			t.Fatalf("go list: %v", err)
-		}
-		if has := strings.Contains("\n"+string(out), "\n"+pkg+"\n"); has != (tags != "") {
-			t.Errorf("with tags %q, cmd/cacheservice depends on the bridge: %v", tags, has)
-		}
-	}
 }

@@ -1,11 +1,10 @@
-package grpcbridge
+package service
 
 import (
 	"context"
 	"encoding/binary"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -30,9 +29,8 @@ import (
 // cut, as Go's server cuts a write that misses its deadline; grpc-go cannot
 // reset one stream from outside, so the connection is closed.
 type ledger struct {
-	conn    net.Conn
-	timeout time.Duration
-	stats   *Stats
+	conn net.Conn
+	opts *GRPCOptions
 
 	mu        sync.Mutex
 	expecting []*response          // registered, headers not yet written, oldest first
@@ -45,26 +43,16 @@ type ledger struct {
 	cut       bool
 }
 
-// Stats counts what the ledgers of one server saw.
-type Stats struct {
-	// Held is the bytes of responses queued and not yet written, over all
-	// connections: what slow readers hold.
-	Held atomic.Int64
-	// Cuts counts responses cut by the write timeout.
-	Cuts atomic.Int64
-	// Calls counts the calls grpc-go served.
-	Calls atomic.Int64
-}
-
 // response is one response's account in its connection's ledger.
 type response struct {
 	queued, written int64     // bytes of DATA payload; under ledger.mu
 	progress        time.Time // when it last had every byte written or wrote one; under ledger.mu
-	ended           bool
+	ended           bool      // every byte left, or never will
+	onEnd           func()    // called once it ends
 }
 
-func newLedger(conn net.Conn, timeout time.Duration, stats *Stats) *ledger {
-	return &ledger{conn: conn, timeout: timeout, stats: stats, streams: make(map[uint32]*response)}
+func newLedger(conn net.Conn, opts *GRPCOptions) *ledger {
+	return &ledger{conn: conn, opts: opts, streams: make(map[uint32]*response)}
 }
 
 // register adds a response and queues its headers with send, in one step
@@ -93,9 +81,9 @@ func (l *ledger) queue(r *response, n int) {
 		r.progress = time.Now()
 	}
 	r.queued += int64(n)
-	l.stats.Held.Add(int64(n))
+	l.opts.Stats.Held.Add(int64(n))
 	if l.timer == nil {
-		l.timer = time.AfterFunc(l.timeout, l.check)
+		l.timer = time.AfterFunc(l.opts.WriteTimeout, l.check)
 	}
 }
 
@@ -110,7 +98,7 @@ func (l *ledger) wrote(p []byte) {
 			if l.data != nil {
 				l.data.written += int64(n)
 				l.data.progress = time.Now()
-				l.stats.Held.Add(-int64(n))
+				l.opts.Stats.Held.Add(-int64(n))
 			}
 			l.payload -= n
 			p = p[n:]
@@ -158,52 +146,82 @@ func (l *ledger) end(stream uint32) {
 		return
 	}
 	delete(l.streams, stream)
+	r.finish(l.opts.Stats)
+}
+
+// finish ends r's account. The caller holds its ledger's lock.
+func (r *response) finish(stats *GRPCStats) {
+	if r.ended {
+		return
+	}
 	r.ended = true
-	l.stats.Held.Add(-(r.queued - r.written))
+	stats.Held.Add(-(r.queued - r.written))
+	if r.onEnd != nil {
+		r.onEnd()
+	}
+}
+
+// whenEnded calls f once r has ended (at once if it has).
+func (l *ledger) whenEnded(r *response, f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r.ended {
+		f()
+		return
+	}
+	r.onEnd = f
 }
 
 // check cuts the connection if a response has waited the timeout with
 // bytes queued and none written, and otherwise looks again when the
 // oldest wait would reach it.
 func (l *ledger) check() {
-	if l.stalled() {
+	if cut := l.stalled(); cut > 0 {
 		_ = l.conn.Close() // not under mu: closing ends the accounts
+		for range cut {
+			l.opts.OnCut(CutWriteTimeout)
+		}
 	}
 }
 
-// stalled reports whether the connection is to be cut (see check), and
-// counts its stalled responses if so.
-func (l *ledger) stalled() bool {
+// stalled returns how many responses are cut if the connection is to be
+// cut (see check): every one not yet sent.
+func (l *ledger) stalled() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.timer = nil
 	if l.cut {
-		return false
+		return 0
 	}
 	now := time.Now()
 	next := time.Duration(0)
-	stalled := 0
+	stalled, unsent := false, 0
 	for _, r := range l.streams {
 		if r.queued == r.written {
 			continue
 		}
+		unsent++
 		waited := now.Sub(r.progress)
-		if waited >= l.timeout {
-			stalled++
-		} else if left := l.timeout - waited; next == 0 || left < next {
+		if waited >= l.opts.WriteTimeout {
+			stalled = true
+		} else if left := l.opts.WriteTimeout - waited; next == 0 || left < next {
 			next = left
 		}
 	}
-	if stalled > 0 {
+	if stalled {
+		// Every response not yet sent is cut with the connection, as Go's
+		// server would cut each (HTTP/1.1's cut takes its connection too).
 		l.cut = true
-		l.stats.Cuts.Add(int64(stalled))
-		return true
+		return unsent
 	}
 	if next > 0 {
 		l.timer = time.AfterFunc(next, l.check)
 	}
-	return false
+	return 0
 }
+
+// closeConn closes the connection (the read timeout's end of a request).
+func (l *ledger) closeConn() { _ = l.conn.Close() }
 
 // closed ends every account of the connection, which has closed.
 func (l *ledger) closed() {
@@ -213,8 +231,7 @@ func (l *ledger) closed() {
 		l.end(stream)
 	}
 	for _, r := range l.expecting {
-		r.ended = true
-		l.stats.Held.Add(-(r.queued - r.written))
+		r.finish(l.opts.Stats)
 	}
 	l.expecting = nil
 	if l.timer != nil {
@@ -230,6 +247,9 @@ type ledgerConn struct {
 }
 
 func (c *ledgerConn) Write(p []byte) (int, error) {
+	// As Go's server does (HTTP2Config.WriteByteTimeout): a connection that
+	// takes no byte for the write timeout is closed.
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.ledger.opts.WriteTimeout))
 	n, err := c.Conn.Write(p)
 	c.ledger.wrote(p[:n])
 	return n, err
@@ -244,8 +264,7 @@ func (c *ledgerConn) Close() error {
 // ledgerCreds gives each connection grpc-go serves a ledger, which the
 // bridge finds in the peer's AuthInfo. It secures nothing.
 type ledgerCreds struct {
-	timeout time.Duration
-	stats   *Stats
+	opts *GRPCOptions
 }
 
 type ledgerInfo struct {
@@ -257,7 +276,7 @@ func (ledgerInfo) AuthType() string { return "insecure" }
 
 func (c ledgerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	lc := &ledgerConn{Conn: conn}
-	lc.ledger = newLedger(lc, c.timeout, c.stats)
+	lc.ledger = newLedger(lc, c.opts)
 	return lc, ledgerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, ledger: lc.ledger}, nil
 }
 

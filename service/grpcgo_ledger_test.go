@@ -1,4 +1,4 @@
-package grpcbridge_test
+package service_test
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,15 +20,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
-	"github.com/cacheservice/cacheservice/cmd/cachebench/grpcbridge"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
 	"github.com/cacheservice/cacheservice/service"
 )
 
-// serveBridged serves the real edge over the floor's handlers with
-// grpcbridge.Serve on a loopback port until the test ends.
-func serveBridged(t *testing.T, opts grpcbridge.Options) net.Listener {
+// serveBridged serves the real edge over the floor's handlers on a
+// loopback port until the test ends: gRPC with grpc-go, the rest with Go's
+// server.
+func serveBridged(t *testing.T, opts service.GRPCOptions) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,8 +37,11 @@ func serveBridged(t *testing.T, opts grpcbridge.Options) net.Listener {
 	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers()}), Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
-	go func() { _ = grpcbridge.Serve(srv, ln, opts) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	other, grpcConns := service.SplitGRPC(ln)
+	gs := service.NewGRPCServer(srv.Handler, opts)
+	go func() { _ = gs.Serve(grpcConns) }()
+	go func() { _ = srv.Serve(other) }()
+	t.Cleanup(func() { _ = srv.Close(); gs.Stop(); _ = ln.Close() })
 	return ln
 }
 
@@ -135,8 +139,14 @@ func (c *rawConn) open(t *testing.T, id uint32) {
 func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
-	stats := new(grpcbridge.Stats)
-	ln := serveBridged(t, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, WriteTimeout: timeout, Stats: stats})
+	stats := new(service.GRPCStats)
+	var cuts atomic.Int64
+	ln := serveBridged(t, service.GRPCOptions{MaxStreams: 100, MaxRequestBytes: 1 << 20, WriteTimeout: timeout, Stats: stats,
+		OnCut: func(c service.Cut) {
+			if c == service.CutWriteTimeout {
+				cuts.Add(1)
+			}
+		}})
 
 	busy, stop := context.WithCancel(t.Context())
 	defer stop()
@@ -197,7 +207,10 @@ func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
 	if clientErr != nil && !errors.Is(clientErr, context.Canceled) {
 		t.Errorf("the busy client failed: %v", clientErr)
 	}
-	if cuts := stats.Cuts.Load(); cuts != 1 {
+	for deadline := time.Now().Add(5 * time.Second); cuts.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // counted just after the connection is closed
+	}
+	if cuts := cuts.Load(); cuts != 1 {
 		t.Errorf("%d responses cut, want the stalled one", cuts)
 	}
 	for deadline := time.Now().Add(5 * time.Second); stats.Held.Load() != 0 && time.Now().Before(deadline); {
@@ -216,8 +229,8 @@ func TestAStalledResponseIsCutAndOnlyIt(t *testing.T) {
 // ahead of the server's) leaves each client's connection whole.
 func TestEachProtocolFindsItsServerOnOnePort(t *testing.T) {
 	t.Parallel()
-	stats := new(grpcbridge.Stats)
-	ln := serveBridged(t, grpcbridge.Options{MaxStreams: 100, MaxRequestBytes: 1 << 20, Stats: stats})
+	stats := new(service.GRPCStats)
+	ln := serveBridged(t, service.GRPCOptions{MaxStreams: 100, MaxRequestBytes: 1 << 20, Stats: stats})
 
 	h2c := &http.Transport{Protocols: new(http.Protocols)}
 	h2c.Protocols.SetUnencryptedHTTP2(true)
