@@ -21,10 +21,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +69,8 @@ type GRPCOptions struct {
 	OnCut func(Cut)
 	// Stats, if set, counts what the server does.
 	Stats *GRPCStats
+	// Logger receives a handler's panic; nil discards it.
+	Logger *slog.Logger
 }
 
 // GRPCStats counts what a GRPCServer does.
@@ -101,6 +105,9 @@ func NewGRPCServer(edge http.Handler, opts GRPCOptions) *GRPCServer {
 	}
 	if opts.Stats == nil {
 		opts.Stats = new(GRPCStats)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	gs := grpc.NewServer(
 		grpc.Creds(ledgerCreds{opts: &opts}),
@@ -143,15 +150,30 @@ func (s *GRPCServer) Stop() { s.gs.Stop() }
 // refuses (closes) the connections routed to it.
 func SplitGRPC(ln net.Listener) (other, grpc net.Listener) {
 	h1, h2 := newQueue(ln.Addr()), newQueue(ln.Addr())
+	var sniffing sync.Map // connections being routed, closed with ln
 	go func() {
 		defer h2.close()
 		defer h1.close()
+		defer sniffing.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
+		var delay time.Duration
 		for {
 			c, err := ln.Accept()
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			go route(c, h1, h2)
+			if err != nil {
+				// As Go's server does: an accept that fails (no file
+				// descriptors left, say) is tried again, backing off.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			delay = 0
+			sniffing.Store(c, nil)
+			go func() {
+				defer sniffing.Delete(c)
+				route(c, h1, h2)
+			}()
 		}
 	}()
 	return h1, h2
@@ -252,16 +274,36 @@ type bridge struct {
 // decompressed, and the response is compressed by grpc-go, not the edge.
 var dropped = map[string]bool{":authority": true, "grpc-encoding": true, "grpc-accept-encoding": true}
 
-func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
+func (b *bridge) serve(_ any, ss grpc.ServerStream) (err error) {
 	b.opts.Stats.Calls.Add(1)
+	defer func() {
+		// Go's server recovers a handler's panic and ends only its
+		// request; grpc-go would end the process.
+		if p := recover(); p != nil {
+			method, _ := grpc.MethodFromServerStream(ss)
+			b.opts.Logger.Error("panic serving a gRPC call", slog.String("procedure", method),
+				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			err = grpcstatus.Error(codes.Internal, "internal error")
+		}
+	}()
 	ctx := ss.Context()
 	method, _ := grpc.MethodFromServerStream(ss)
 	md, _ := metadata.FromIncomingContext(ctx)
 	header := make(http.Header, len(md))
 	for k, v := range md {
-		if !dropped[k] {
-			header[textproto.CanonicalMIMEHeaderKey(k)] = v
+		if dropped[k] {
+			continue
 		}
+		if strings.HasSuffix(k, "-bin") {
+			// grpc-go decodes binary metadata; the edge reads it encoded,
+			// as it arrives over HTTP.
+			encoded := make([]string, len(v))
+			for i, x := range v {
+				encoded[i] = base64.RawStdEncoding.EncodeToString([]byte(x))
+			}
+			v = encoded
+		}
+		header[textproto.CanonicalMIMEHeaderKey(k)] = v
 	}
 	if _, ok := header["Content-Type"]; !ok {
 		header["Content-Type"] = []string{"application/grpc"}
@@ -282,7 +324,7 @@ func (b *bridge) serve(_ any, ss grpc.ServerStream) error {
 		_ = grpc.SetSendCompressor(ctx, "identity")
 	}
 	l := ledgerOf(ctx)
-	r.Body = &body{ss: ss, ledger: l, timeout: b.opts.ReadTimeout}
+	r.Body = &body{ss: ss, ledger: l, timeout: b.opts.ReadTimeout, maxBytes: b.opts.MaxRequestBytes}
 	defer r.Body.(*body).done()
 	w := &writer{ss: ss, ledger: l, header: make(http.Header, 4)}
 	b.h.ServeHTTP(w, r.WithContext(ctx))
@@ -296,8 +338,10 @@ type body struct {
 	ledger  *ledger       // of the call's connection, closed by the read timeout
 	timeout time.Duration // bounds the request from its first read; 0: none
 	timer   *time.Timer
-	next    []byte // unread part of the current envelope
-	eof     bool
+	// maxBytes is the edge's request bound, which grpc-go enforced first.
+	maxBytes int
+	next     []byte // unread part of the current envelope
+	eof      bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -315,6 +359,10 @@ func (b *body) Read(p []byte) (int, error) {
 		var msg []byte
 		if err := b.ss.RecvMsg(&msg); err == io.EOF {
 			b.eof = true
+		} else if grpcstatus.Code(err) == codes.ResourceExhausted {
+			// Over grpc-go's bound (the edge's plus one byte): the error
+			// the edge gives a body over its own.
+			return 0, &http.MaxBytesError{Limit: int64(b.maxBytes)}
 		} else if err != nil {
 			return 0, err
 		} else {
@@ -384,7 +432,7 @@ func (w *writer) start() {
 	md := metadata.MD{}
 	for k, v := range w.header {
 		if !reserved[k] && !strings.HasPrefix(k, http.TrailerPrefix) {
-			md[strings.ToLower(k)] = v
+			md[strings.ToLower(k)] = binaryDecoded(k, v)
 		}
 	}
 	if w.ledger == nil {
@@ -394,7 +442,7 @@ func (w *writer) start() {
 	// Always sent, even before an error: the ledger knows the response by
 	// its headers (an error's status then goes in trailers, as Go's
 	// server sends it too).
-	w.account, _ = w.ledger.register(func() error { return w.ss.SendHeader(md) })
+	w.account, _ = w.ledger.register(func() error { return w.ss.SendHeader(md) }, w.ss.Context().Err)
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -410,6 +458,7 @@ func (w *writer) Write(p []byte) (int, error) {
 			w.ledger.queue(w.account, 5+n)
 		}
 		if err := w.ss.SendMsg(&msg); err != nil {
+			// Never sent: the stream ended (a reset, or its connection).
 			return 0, err
 		}
 		w.pending = w.pending[5+n:]
@@ -428,14 +477,14 @@ func (w *writer) status() error {
 	trailer := metadata.MD{}
 	for k, v := range w.header {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			trailer[strings.ToLower(name)] = v
+			trailer[strings.ToLower(name)] = binaryDecoded(name, v)
 		}
 	}
 	get := func(name string) string {
 		if v := trailer[name]; len(v) > 0 {
 			return v[0]
 		}
-		return w.header.Get(name)
+		return binaryDecoded(name, []string{w.header.Get(name)})[0]
 	}
 	code, message, details := get("grpc-status"), get("grpc-message"), get("grpc-status-details-bin")
 	delete(trailer, "grpc-status")
@@ -466,6 +515,25 @@ func (w *writer) status() error {
 	return grpcstatus.Error(codes.Code(c), msg)
 }
 
+// binaryDecoded returns the values of header key as grpc-go takes them:
+// binary ones (a key ending in -bin) decoded, since grpc-go encodes them
+// again; a value that is not base64 is kept as it is.
+func binaryDecoded(key string, values []string) []string {
+	if !strings.HasSuffix(strings.ToLower(key), "-bin") {
+		return values
+	}
+	out := make([]string, len(values))
+	for i, v := range values {
+		raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "="))
+		if err != nil {
+			out[i] = v
+			continue
+		}
+		out[i] = string(raw)
+	}
+	return out
+}
+
 // httpCode is the gRPC code a client gives an HTTP status without one
 // (gRPC's "HTTP to gRPC Status Code Mapping").
 func httpCode(status int) codes.Code {
@@ -484,13 +552,11 @@ func httpCode(status int) codes.Code {
 	return codes.Unknown
 }
 
+// decodeDetails reads the status the edge wrote in grpc-status-details-bin
+// (already decoded from base64 with the other binary metadata).
 func decodeDetails(v string) (*status.Status, error) {
-	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "="))
-	if err != nil {
-		return nil, err
-	}
 	st := new(status.Status)
-	if err := proto.Unmarshal(raw, st); err != nil {
+	if err := proto.Unmarshal([]byte(v), st); err != nil {
 		return nil, err
 	}
 	if st.GetCode() == 0 {

@@ -41,6 +41,27 @@ type ledger struct {
 	data      *response            // the response the current DATA frame is of
 	timer     *time.Timer          // checks for stalled responses while any is queued
 	cut       bool
+	gone      bool // the connection has closed: nothing registered is ever sent
+
+	// The client's frames, read only for its resets (a reset writes no
+	// frame of the server's): where the reader is in them, and the streams
+	// it reset before the ledger knew them.
+	in     inbound
+	resets map[uint32]bool
+}
+
+// maxResets bounds the streams a ledger remembers the client reset before
+// their headers went; past it they are forgotten (the memory is the
+// client's to fill).
+const maxResets = 1024
+
+// inbound follows the frame headers a client sends: after its 24-byte
+// connection preface, frame after frame.
+type inbound struct {
+	preface int     // preface bytes still to skip
+	frame   [9]byte // the frame header being read
+	frameN  int
+	payload int // bytes of the current frame's payload still to come
 }
 
 // response is one response's account in its connection's ledger.
@@ -49,24 +70,79 @@ type response struct {
 	progress        time.Time // when it last had every byte written or wrote one; under ledger.mu
 	ended           bool      // every byte left, or never will
 	onEnd           func()    // called once it ends
+	maybe           bool      // its stream was reset as it registered: its headers may never go
 }
 
 func newLedger(conn net.Conn, opts *GRPCOptions) *ledger {
-	return &ledger{conn: conn, opts: opts, streams: make(map[uint32]*response)}
+	return &ledger{conn: conn, opts: opts, streams: make(map[uint32]*response), in: inbound{preface: prefaceLen},
+		resets: make(map[uint32]bool)}
+}
+
+// read follows the client's frames in p, which the connection has just
+// read, and ends the account of every stream the client resets: grpc-go
+// then drops what the stream had queued, trailers included, and writes no
+// frame that would tell.
+func (l *ledger) read(p []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	in := &l.in
+	for len(p) > 0 {
+		switch {
+		case in.preface > 0:
+			n := min(in.preface, len(p))
+			in.preface -= n
+			p = p[n:]
+		case in.payload > 0:
+			n := min(in.payload, len(p))
+			in.payload -= n
+			p = p[n:]
+		default:
+			n := copy(in.frame[in.frameN:], p)
+			in.frameN += n
+			p = p[n:]
+			if in.frameN < len(in.frame) {
+				return
+			}
+			in.frameN = 0
+			in.payload = int(in.frame[0])<<16 | int(in.frame[1])<<8 | int(in.frame[2])
+			if in.frame[3] == frameRSTStream {
+				stream := binary.BigEndian.Uint32(in.frame[5:9]) & (1<<31 - 1)
+				if l.streams[stream] != nil {
+					l.end(stream)
+				} else {
+					if len(l.resets) >= maxResets {
+						clear(l.resets)
+					}
+					l.resets[stream] = true
+				}
+			}
+		}
+	}
 }
 
 // register adds a response and queues its headers with send, in one step
 // as far as the frame order goes (see ledger). A failed send registers
 // nothing.
-func (l *ledger) register(send func() error) (*response, error) {
+//
+// reset is the stream's context error. grpc-go drops the headers of a
+// stream the client reset between its check of the stream and its
+// queueing of them, yet send returns nil; a reset comes before the
+// context ends, so a context already ended after send leaves it open
+// whether the headers will go, and the response is marked maybe (see
+// wrote).
+func (l *ledger) register(send func() error, reset func() error) (*response, error) {
 	r := &response{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.gone {
+		return nil, net.ErrClosed
+	}
 	l.expecting = append(l.expecting, r)
 	if err := send(); err != nil {
 		l.expecting = l.expecting[:len(l.expecting)-1] // ours is last: the lock is held
 		return nil, err
 	}
+	r.maybe = reset() != nil
 	return r, nil
 }
 
@@ -87,8 +163,7 @@ func (l *ledger) queue(r *response, n int) {
 	}
 }
 
-// wrote reads the frame headers in p, which the connection has just
-// written.
+// wrote reads the frame headers in p, which the connection is writing.
 func (l *ledger) wrote(p []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -121,10 +196,20 @@ func (l *ledger) wrote(p []byte) {
 		case frameHeaders:
 			if flags&flagEndStream != 0 {
 				l.end(stream)
-			} else if len(l.expecting) > 0 {
+				break
+			}
+			// A maybe response's headers, had they gone, would be on a
+			// stream the client reset: headers on another mean they never
+			// will (see register).
+			for len(l.expecting) > 0 && l.expecting[0].maybe && !l.resets[stream] {
+				l.expecting[0].finish(l.opts.Stats)
+				l.expecting = l.expecting[1:]
+			}
+			if len(l.expecting) > 0 {
 				l.streams[stream] = l.expecting[0]
 				l.expecting = l.expecting[1:]
 			}
+			delete(l.resets, stream)
 		case frameRSTStream:
 			l.end(stream)
 		}
@@ -197,7 +282,7 @@ func (l *ledger) stalled() int {
 	next := time.Duration(0)
 	stalled, unsent := false, 0
 	for _, r := range l.streams {
-		if r.queued == r.written {
+		if r.queued <= r.written {
 			continue
 		}
 		unsent++
@@ -210,7 +295,13 @@ func (l *ledger) stalled() int {
 	}
 	if stalled {
 		// Every response not yet sent is cut with the connection, as Go's
-		// server would cut each (HTTP/1.1's cut takes its connection too).
+		// server would cut each (HTTP/1.1's cut takes its connection too),
+		// those whose headers have not gone yet included.
+		for _, r := range l.expecting {
+			if r.queued > 0 {
+				unsent++
+			}
+		}
 		l.cut = true
 		return unsent
 	}
@@ -227,6 +318,7 @@ func (l *ledger) closeConn() { _ = l.conn.Close() }
 func (l *ledger) closed() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.gone = true
 	for stream := range l.streams {
 		l.end(stream)
 	}
@@ -247,11 +339,21 @@ type ledgerConn struct {
 }
 
 func (c *ledgerConn) Write(p []byte) (int, error) {
+	// Read before the bytes go: a client that has its response's headers
+	// may reset the stream at once, and the ledger must know the stream
+	// by then. What one write holds is bounded (grpc-go's write buffer),
+	// and a write that does not complete fails the connection at the
+	// deadline below, which ends every account.
+	c.ledger.wrote(p)
 	// As Go's server does (HTTP2Config.WriteByteTimeout): a connection that
 	// takes no byte for the write timeout is closed.
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.ledger.opts.WriteTimeout))
-	n, err := c.Conn.Write(p)
-	c.ledger.wrote(p[:n])
+	return c.Conn.Write(p)
+}
+
+func (c *ledgerConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.ledger.read(p[:n])
 	return n, err
 }
 

@@ -2,6 +2,7 @@ package service
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -34,7 +35,7 @@ func TestLedgerMatchesResponsesToStreamsByTheirHeaders(t *testing.T) {
 	l := newLedger(server, &GRPCOptions{WriteTimeout: time.Hour, Stats: stats, OnCut: func(Cut) {}})
 	var rs []*response
 	for range 3 {
-		r, err := l.register(func() error { return nil })
+		r, err := l.register(func() error { return nil }, func() error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,5 +105,40 @@ func TestSniffReadsNoFurtherThanItsBound(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("sniff read past its bound")
+	}
+}
+
+// TestLedgerSkipsHeadersThatNeverWent registers a response whose stream the
+// client reset as it registered (its headers may have been dropped), then
+// one that is whole: headers on a stream the client did not reset are the
+// second one's, and the first ends with nothing held; headers on a stream
+// the client did reset are the first one's.
+func TestLedgerSkipsHeadersThatNeverWent(t *testing.T) {
+	for _, resetFirst := range []bool{false, true} {
+		server, client := net.Pipe()
+		stats := new(GRPCStats)
+		l := newLedger(server, &GRPCOptions{WriteTimeout: time.Hour, Stats: stats, OnCut: func(Cut) {}})
+		l.read([]byte(http2Preface))
+		l.read(frame(frameRSTStream, 0, 1, 4)) // stream 1, before its headers
+		dropped, _ := l.register(func() error { return nil }, func() error { return context.Canceled })
+		whole, _ := l.register(func() error { return nil }, func() error { return nil })
+		l.queue(dropped, 10)
+		l.queue(whole, 20)
+		if resetFirst {
+			l.wrote(frame(frameHeaders, flagEndHdrs, 1, 8))
+			if l.streams[1] != dropped {
+				t.Errorf("headers on the reset stream are not the maybe response's")
+			}
+		} else {
+			l.wrote(frame(frameHeaders, flagEndHdrs, 3, 8))
+			if l.streams[3] != whole || !dropped.ended {
+				t.Errorf("headers on stream 3: matched %p, want the whole response %p; maybe response ended %v", l.streams[3], whole, dropped.ended)
+			}
+			if held := stats.Held.Load(); held != 20 {
+				t.Errorf("held %d, want the whole response's 20", held)
+			}
+		}
+		server.Close()
+		client.Close()
 	}
 }

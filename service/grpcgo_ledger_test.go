@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,7 +18,9 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
@@ -30,11 +34,17 @@ import (
 // server.
 func serveBridged(t *testing.T, opts service.GRPCOptions) net.Listener {
 	t.Helper()
+	return serveBridgedWith(t, floor.Handlers(), opts)
+}
+
+// serveBridgedWith is serveBridged over the given handlers.
+func serveBridgedWith(t *testing.T, handlers service.Handlers, opts service.GRPCOptions) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers()}), Protocols: new(http.Protocols)}
+	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: handlers}), Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	other, grpcConns := service.SplitGRPC(ln)
@@ -52,6 +62,7 @@ type rawConn struct {
 	mu     sync.Mutex
 	framer *http2.Framer
 	ended  chan uint32   // streams the server ended (trailers)
+	heads  chan uint32   // streams the server sent response headers on
 	closed chan struct{} // closed when the server closes the connection
 }
 
@@ -62,7 +73,7 @@ func dialRaw(t *testing.T, addr string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c := &rawConn{conn: conn, framer: http2.NewFramer(conn, conn), ended: make(chan uint32, 100), closed: make(chan struct{})}
+	c := &rawConn{conn: conn, framer: http2.NewFramer(conn, conn), ended: make(chan uint32, 100), heads: make(chan uint32, 100), closed: make(chan struct{})}
 	c.framer.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
 		t.Fatal(err)
@@ -90,6 +101,8 @@ func dialRaw(t *testing.T, addr string) *rawConn {
 			case *http2.MetaHeadersFrame:
 				if f.StreamEnded() {
 					c.ended <- f.StreamID
+				} else {
+					c.heads <- f.StreamID
 				}
 			}
 			c.mu.Unlock()
@@ -259,4 +272,112 @@ func TestEachProtocolFindsItsServerOnOnePort(t *testing.T) {
 			t.Errorf("%s: grpc-go served %d of 3 calls; want all %v", c.name, got, c.grpcGo)
 		}
 	}
+}
+
+// reset cancels stream id, as a client that gave up does.
+func (c *rawConn) reset(t *testing.T, id uint32) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.framer.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAResetAfterTheHeadersEndsTheResponse has a client reset, again and
+// again, Gets whose responses cannot be sent (no window) once their headers
+// have come: grpc-go then drops what was queued and writes nothing more, so
+// only the client's reset tells. Nothing stays held, nothing is cut, and
+// the connection is not closed by the write timeout.
+func TestAResetAfterTheHeadersEndsTheResponse(t *testing.T) {
+	t.Parallel()
+	const timeout = 500 * time.Millisecond
+	stats := new(service.GRPCStats)
+	var cuts atomic.Int64
+	ln := serveBridged(t, service.GRPCOptions{MaxStreams: 100, WriteTimeout: timeout, Stats: stats,
+		OnCut: func(service.Cut) { cuts.Add(1) }})
+	raw := dialRaw(t, ln.Addr().String())
+	for i := range 20 {
+		id := uint32(2*i + 1)
+		raw.get(t, id)
+		select {
+		case got := <-raw.heads:
+			if got != id {
+				t.Fatalf("headers of stream %d, want %d", got, id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no response headers on stream %d", id)
+		}
+		raw.reset(t, id)
+	}
+	for deadline := time.Now().Add(5 * time.Second); stats.Held.Load() != 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if held := stats.Held.Load(); held != 0 {
+		t.Errorf("%d bytes held after every response was reset", held)
+	}
+	time.Sleep(3 * timeout)
+	select {
+	case <-raw.closed:
+		t.Error("the connection was closed: a reset response was taken for a stalled one")
+	default:
+	}
+	if n := cuts.Load(); n != 0 {
+		t.Errorf("%d responses cut, want none", n)
+	}
+}
+
+// panicky answers Get with a panic.
+type panicky struct {
+	cachev1connect.CacheServiceHandler
+}
+
+func (panicky) Get(context.Context, *connect.Request[cachev1.GetRequest]) (*connect.Response[cachev1.GetResponse], error) {
+	panic("a bug")
+}
+
+// TestAPanicEndsOnlyItsCall has a handler panic under grpc-go, which
+// recovers none: the call ends internal, the panic is logged, and the
+// server serves the next call.
+func TestAPanicEndsOnlyItsCall(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	handlers := floor.Handlers()
+	handlers.Cache = panicky{handlers.Cache}
+	ln := serveBridgedWith(t, handlers, service.GRPCOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	client, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	scope := &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}
+	err = client.Invoke(t.Context(), "/cacheservice.v1.CacheService/Get", &cachev1.GetRequest{Scope: scope, Key: "k"}, new(cachev1.GetResponse))
+	if status.Code(err) != codes.Internal {
+		t.Errorf("Get that panics = %v, want internal", err)
+	}
+	if err := client.Invoke(t.Context(), "/cacheservice.v1.CacheService/Put", &cachev1.PutRequest{Scope: scope, Key: "k",
+		Output: &cachev1.CachedOutput{Value: &cachev1.CachedOutput_Uri{Uri: "s3://x"}}}, new(cachev1.PutResponse)); err != nil {
+		t.Errorf("Put after the panic: %v", err)
+	}
+	if !strings.Contains(logs.String(), "a bug") {
+		t.Errorf("the panic was not logged: %q", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

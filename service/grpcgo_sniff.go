@@ -36,6 +36,9 @@ const (
 	// sniffWait bounds how long a connection may wait before its first
 	// request: the server's idle timeout.
 	sniffWait = 2 * time.Minute
+	// prefaceWait bounds how long a connection may take to send its
+	// preface.
+	prefaceWait = 10 * time.Second
 )
 
 // emptySettings is a SETTINGS frame with no settings: every value the
@@ -47,13 +50,16 @@ var emptySettings = []byte{0, 0, 0, frameSettings, 0, 0, 0, 0, 0}
 // returned connection reads everything again, less the acknowledgement of
 // sniff's SETTINGS.
 func sniff(c net.Conn, r *bufio.Reader, wait time.Duration) (net.Conn, bool, error) {
-	_ = c.SetDeadline(time.Now().Add(wait))
+	// The preface comes at once, as Go's server expects it (within 10s);
+	// the first request may come later, within the idle timeout.
+	_ = c.SetDeadline(time.Now().Add(min(wait, prefaceWait)))
 	defer c.SetDeadline(time.Time{})
 	var seen bytes.Buffer
 	preface := make([]byte, prefaceLen)
 	if _, err := io.ReadFull(r, preface); err != nil {
 		return nil, false, err
 	}
+	_ = c.SetDeadline(time.Now().Add(wait))
 	seen.Write(preface)
 	if _, err := c.Write(emptySettings); err != nil {
 		return nil, false, err

@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -30,13 +32,14 @@ const maxRequestBytes = 64 << 10
 // start serves the real edge over the floor's canned handlers on a
 // loopback port, with Go's HTTP server (viaGRPCGo false) or behind grpc-go,
 // and returns a grpc-go client of it.
-func start(t *testing.T, viaGRPCGo bool) *grpc.ClientConn {
+func start(t *testing.T, viaGRPCGo bool, interceptors ...connect.Interceptor) *grpc.ClientConn {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers(), MaxRequestBytes: maxRequestBytes}),
+	srv := &http.Server{Handler: service.NewEdge(nil, service.Options{Handlers: floor.Handlers(), MaxRequestBytes: maxRequestBytes,
+		Interceptors: interceptors}),
 		Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
@@ -174,4 +177,41 @@ func TestGRPCGoAnswersAsGoServerDoes(t *testing.T) {
 		t.Errorf("reflection through grpc-go lists %v, want cacheservice.v1.CacheService among them", names)
 	}
 	_ = stream.CloseSend()
+}
+
+// TestBinaryMetadataCrossesTheBridgeAsItCrossesGoServer sends binary
+// metadata (a key ending in -bin, which gRPC carries base64-encoded) to an
+// interceptor that reads it and answers with binary metadata of its own:
+// through grpc-go the interceptor sees the bytes the client sent, and the
+// client the bytes the interceptor set, as through Go's server.
+func TestBinaryMetadataCrossesTheBridgeAsItCrossesGoServer(t *testing.T) {
+	t.Parallel()
+	sent := []byte{0, 1, 2, 0xfe, 0xff, '='}
+	var seen [2][]byte
+	for i, viaGRPCGo := range []bool{false, true} {
+		echo := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+				seen[i], _ = connect.DecodeBinaryHeader(req.Header().Get("X-Test-Bin"))
+				res, err := next(ctx, req)
+				if err == nil {
+					res.Header().Set("X-Echo-Bin", connect.EncodeBinaryHeader(seen[i]))
+				}
+				return res, err
+			}
+		})
+		conn := start(t, viaGRPCGo, echo)
+		var header metadata.MD
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-test-bin", string(sent))
+		err := conn.Invoke(ctx, "/cacheservice.v1.CacheService/Get",
+			&cachev1.GetRequest{Scope: &cachev1.Scope{Org: "o", Project: "p", Domain: "d"}, Key: "k"}, new(cachev1.GetResponse), grpc.Header(&header))
+		if err != nil {
+			t.Fatalf("viaGRPCGo=%v: %v", viaGRPCGo, err)
+		}
+		if !bytes.Equal(seen[i], sent) {
+			t.Errorf("viaGRPCGo=%v: the interceptor saw %x, want %x", viaGRPCGo, seen[i], sent)
+		}
+		if got := header.Get("x-echo-bin"); len(got) != 1 || got[0] != string(sent) {
+			t.Errorf("viaGRPCGo=%v: the client got %q, want %q", viaGRPCGo, got, sent)
+		}
+	}
 }

@@ -79,9 +79,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 			ReadTimeout:     srv.ReadTimeout,
 			IdleTimeout:     srv.IdleTimeout,
 			OnCut:           ops.metrics.ObserveCut,
+			Logger:          logger,
 		})
 	}
-	return serve(ctx, &apiServer{srv, grpcSrv}, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
+	return serve(ctx, &apiServer{http: srv, grpc: grpcSrv}, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
 }
 
 // HTTPConfig bounds what clients can hold of the HTTP server: time,
@@ -197,10 +198,10 @@ func (l *errorLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// source names the library an error line comes from: grpc-go's begin with
-// its severity.
+// source names the library an error line comes from: grpc-go's carry its
+// severity after a date.
 func source(msg string) string {
-	if strings.HasPrefix(msg, "ERROR: ") || strings.HasPrefix(msg, "WARNING: ") {
+	if strings.Contains(msg, "ERROR: ") || strings.Contains(msg, "WARNING: ") {
 		return "grpc-go"
 	}
 	return "net/http"
@@ -276,23 +277,30 @@ func (s tlsServer) Serve(ln net.Listener) error {
 type apiServer struct {
 	http *http.Server
 	grpc *service.GRPCServer // nil: Go's server serves gRPC too
+	ln   net.Listener        // the port, shared by both; set by Serve
 }
 
 func (s *apiServer) Serve(ln net.Listener) error {
 	if s.grpc == nil {
 		return tlsServer{s.http}.Serve(ln)
 	}
+	s.ln = ln
 	other, grpcConns := service.SplitGRPC(ln)
 	go func() { _ = s.grpc.Serve(grpcConns) }()
-	return s.http.Serve(other)
+	err := s.http.Serve(other)
+	if !errors.Is(err, http.ErrServerClosed) {
+		s.grpc.Stop() // not shut down: failed, and gRPC must not go on alone
+	}
+	return err
 }
 
 // Shutdown stops both servers gracefully; if ctx ends first, the caller
-// closes them.
+// closes them. The port stops accepting at once, as Go's server's does.
 func (s *apiServer) Shutdown(ctx context.Context) error {
 	if s.grpc == nil {
 		return s.http.Shutdown(ctx)
 	}
+	_ = s.ln.Close()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	err := s.http.Shutdown(ctx)
@@ -306,6 +314,7 @@ func (s *apiServer) Shutdown(ctx context.Context) error {
 
 func (s *apiServer) Close() error {
 	if s.grpc != nil {
+		_ = s.ln.Close()
 		s.grpc.Stop()
 	}
 	return s.http.Close()
