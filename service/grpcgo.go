@@ -17,6 +17,7 @@ package service
 
 import (
 	"bufio"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -146,27 +147,34 @@ func (s *GRPCServer) Stop() { s.gs.Stop() }
 
 // SplitGRPC accepts connections on ln and hands each to one of two
 // listeners: grpc if it is unencrypted HTTP/2 whose first request is gRPC
-// (see sniff), other otherwise. Both fail once ln does; a closed one
+// (see sniff), other otherwise. Both fail if ln fails; when ln is closed,
+// each stays until its server closes it (its shutdown). A closed one
 // refuses (closes) the connections routed to it.
 func SplitGRPC(ln net.Listener) (other, grpc net.Listener) {
 	h1, h2 := newQueue(ln.Addr()), newQueue(ln.Addr())
 	var sniffing sync.Map // connections being routed, closed with ln
 	go func() {
-		defer h2.close()
-		defer h1.close()
 		defer sniffing.Range(func(c, _ any) bool { _ = c.(net.Conn).Close(); return true })
 		var delay time.Duration
 		for {
 			c, err := ln.Accept()
 			if errors.Is(err, net.ErrClosed) {
+				// Closed by the caller, shutting down: each server stops
+				// its own listener, so that it sees its own shutdown.
 				return
 			}
-			if err != nil {
-				// As Go's server does: an accept that fails (no file
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Temporary() { //nolint:staticcheck // as net/http still does
+				// As Go's server does: an accept that fails for now (no file
 				// descriptors left, say) is tried again, backing off.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				time.Sleep(delay)
 				continue
+			}
+			if err != nil {
+				h1.close() // fails both servers, as a failed listener fails Go's
+				h2.close()
+				return
 			}
 			delay = 0
 			sniffing.Store(c, nil)
@@ -442,7 +450,8 @@ func (w *writer) start() {
 	// Always sent, even before an error: the ledger knows the response by
 	// its headers (an error's status then goes in trailers, as Go's
 	// server sends it too).
-	w.account, _ = w.ledger.register(func() error { return w.ss.SendHeader(md) }, w.ss.Context().Err)
+	w.account, _ = w.ledger.register(func() error { return w.ss.SendHeader(md) },
+		func() bool { return errors.Is(w.ss.Context().Err(), context.Canceled) })
 }
 
 func (w *writer) Write(p []byte) (int, error) {

@@ -3,7 +3,9 @@ package service
 import (
 	"context"
 	"encoding/binary"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,7 +113,7 @@ func (l *ledger) read(p []byte) {
 					l.end(stream)
 				} else {
 					if len(l.resets) >= maxResets {
-						clear(l.resets)
+						l.forgetOldResets()
 					}
 					l.resets[stream] = true
 				}
@@ -120,17 +122,27 @@ func (l *ledger) read(p []byte) {
 	}
 }
 
+// forgetOldResets forgets the older half of the remembered resets (the
+// lower stream ids: a stream a response may still be waiting on is a
+// recent one). The caller holds mu.
+func (l *ledger) forgetOldResets() {
+	ids := slices.Sorted(maps.Keys(l.resets))
+	for _, id := range ids[:len(ids)/2] {
+		delete(l.resets, id)
+	}
+}
+
 // register adds a response and queues its headers with send, in one step
 // as far as the frame order goes (see ledger). A failed send registers
 // nothing.
 //
-// reset is the stream's context error. grpc-go drops the headers of a
-// stream the client reset between its check of the stream and its
-// queueing of them, yet send returns nil; a reset comes before the
-// context ends, so a context already ended after send leaves it open
-// whether the headers will go, and the response is marked maybe (see
-// wrote).
-func (l *ledger) register(send func() error, reset func() error) (*response, error) {
+// reset reports whether the client has reset the stream. grpc-go drops
+// the headers of a stream the client reset between its check of the
+// stream and its queueing of them, yet send returns nil; a reset cancels
+// the stream's context before that, so a stream reset by the time send
+// returns leaves it open whether the headers will go, and the response is
+// marked maybe (see wrote).
+func (l *ledger) register(send func() error, reset func() bool) (*response, error) {
 	r := &response{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -142,7 +154,7 @@ func (l *ledger) register(send func() error, reset func() error) (*response, err
 		l.expecting = l.expecting[:len(l.expecting)-1] // ours is last: the lock is held
 		return nil, err
 	}
-	r.maybe = reset() != nil
+	r.maybe = reset()
 	return r, nil
 }
 
@@ -163,8 +175,9 @@ func (l *ledger) queue(r *response, n int) {
 	}
 }
 
-// wrote reads the frame headers in p, which the connection is writing.
-func (l *ledger) wrote(p []byte) {
+// wrote reads the frame headers in p, which the connection is writing,
+// and returns how many responses p ends (their trailers are in it).
+func (l *ledger) wrote(p []byte) (ended int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for len(p) > 0 {
@@ -183,7 +196,7 @@ func (l *ledger) wrote(p []byte) {
 		l.frameN += n
 		p = p[n:]
 		if l.frameN < len(l.frame) {
-			return
+			return ended
 		}
 		l.frameN = 0
 		length := int(l.frame[0])<<16 | int(l.frame[1])<<8 | int(l.frame[2])
@@ -195,6 +208,9 @@ func (l *ledger) wrote(p []byte) {
 			l.data = l.streams[stream]
 		case frameHeaders:
 			if flags&flagEndStream != 0 {
+				if l.streams[stream] != nil {
+					ended++
+				}
 				l.end(stream)
 				break
 			}
@@ -208,12 +224,18 @@ func (l *ledger) wrote(p []byte) {
 			if len(l.expecting) > 0 {
 				l.streams[stream] = l.expecting[0]
 				l.expecting = l.expecting[1:]
+				if l.resets[stream] {
+					// The client reset it already: grpc-go writes nothing
+					// more for it.
+					l.end(stream)
+				}
 			}
 			delete(l.resets, stream)
 		case frameRSTStream:
 			l.end(stream)
 		}
 	}
+	return ended
 }
 
 const (
@@ -311,6 +333,28 @@ func (l *ledger) stalled() int {
 	return 0
 }
 
+// failed cuts the connection whose write failed by the write timeout: the
+// client took nothing for that long. Every response with bytes queued, and
+// those of the failed write, is cut.
+func (l *ledger) failed(inWrite int) {
+	l.mu.Lock()
+	cut := 0
+	if !l.cut {
+		l.cut = true
+		cut = inWrite
+		for _, r := range l.streams {
+			if r.queued > r.written {
+				cut++
+			}
+		}
+	}
+	l.mu.Unlock()
+	_ = l.conn.Close()
+	for range cut {
+		l.opts.OnCut(CutWriteTimeout)
+	}
+}
+
 // closeConn closes the connection (the read timeout's end of a request).
 func (l *ledger) closeConn() { _ = l.conn.Close() }
 
@@ -342,13 +386,23 @@ func (c *ledgerConn) Write(p []byte) (int, error) {
 	// Read before the bytes go: a client that has its response's headers
 	// may reset the stream at once, and the ledger must know the stream
 	// by then. What one write holds is bounded (grpc-go's write buffer),
-	// and a write that does not complete fails the connection at the
-	// deadline below, which ends every account.
-	c.ledger.wrote(p)
+	// and a write that does not complete closes the connection below,
+	// which ends every account.
+	ended := c.ledger.wrote(p)
 	// As Go's server does (HTTP2Config.WriteByteTimeout): a connection that
-	// takes no byte for the write timeout is closed.
+	// takes no byte for the write timeout is closed. grpc-go's writer stops
+	// at a failed write but leaves the connection open; closing it ends
+	// the reader, and with it the transport.
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.ledger.opts.WriteTimeout))
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			c.ledger.failed(ended)
+		} else {
+			_ = c.Close()
+		}
+	}
+	return n, err
 }
 
 func (c *ledgerConn) Read(p []byte) (int, error) {

@@ -2,7 +2,6 @@ package service
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -35,7 +34,7 @@ func TestLedgerMatchesResponsesToStreamsByTheirHeaders(t *testing.T) {
 	l := newLedger(server, &GRPCOptions{WriteTimeout: time.Hour, Stats: stats, OnCut: func(Cut) {}})
 	var rs []*response
 	for range 3 {
-		r, err := l.register(func() error { return nil }, func() error { return nil })
+		r, err := l.register(func() error { return nil }, func() bool { return false })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,7 +111,7 @@ func TestSniffReadsNoFurtherThanItsBound(t *testing.T) {
 // client reset as it registered (its headers may have been dropped), then
 // one that is whole: headers on a stream the client did not reset are the
 // second one's, and the first ends with nothing held; headers on a stream
-// the client did reset are the first one's.
+// the client did reset are the first one's, which ends at once.
 func TestLedgerSkipsHeadersThatNeverWent(t *testing.T) {
 	for _, resetFirst := range []bool{false, true} {
 		server, client := net.Pipe()
@@ -120,14 +119,16 @@ func TestLedgerSkipsHeadersThatNeverWent(t *testing.T) {
 		l := newLedger(server, &GRPCOptions{WriteTimeout: time.Hour, Stats: stats, OnCut: func(Cut) {}})
 		l.read([]byte(http2Preface))
 		l.read(frame(frameRSTStream, 0, 1, 4)) // stream 1, before its headers
-		dropped, _ := l.register(func() error { return nil }, func() error { return context.Canceled })
-		whole, _ := l.register(func() error { return nil }, func() error { return nil })
+		dropped, _ := l.register(func() error { return nil }, func() bool { return true })
+		whole, _ := l.register(func() error { return nil }, func() bool { return false })
 		l.queue(dropped, 10)
 		l.queue(whole, 20)
 		if resetFirst {
 			l.wrote(frame(frameHeaders, flagEndHdrs, 1, 8))
-			if l.streams[1] != dropped {
-				t.Errorf("headers on the reset stream are not the maybe response's")
+			// The maybe response's, on a stream the client reset: ended at
+			// once, and the whole one still waits for its headers.
+			if !dropped.ended || len(l.expecting) != 1 || l.expecting[0] != whole {
+				t.Errorf("headers on the reset stream: maybe response ended %v, waiting %d", dropped.ended, len(l.expecting))
 			}
 		} else {
 			l.wrote(frame(frameHeaders, flagEndHdrs, 3, 8))

@@ -82,7 +82,8 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ln net.Listener, 
 			Logger:          logger,
 		})
 	}
-	return serve(ctx, &apiServer{http: srv, grpc: grpcSrv}, refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn), cfg.ShutdownTimeout, logger)
+	ln = refuseOver(ln, cfg.HTTP.MaxConns, ops.metrics.ObserveRefusedConn)
+	return serve(ctx, &apiServer{http: srv, grpc: grpcSrv, ln: ln}, ln, cfg.ShutdownTimeout, logger)
 }
 
 // HTTPConfig bounds what clients can hold of the HTTP server: time,
@@ -277,14 +278,13 @@ func (s tlsServer) Serve(ln net.Listener) error {
 type apiServer struct {
 	http *http.Server
 	grpc *service.GRPCServer // nil: Go's server serves gRPC too
-	ln   net.Listener        // the port, shared by both; set by Serve
+	ln   net.Listener        // the port both serve, which Serve is given
 }
 
 func (s *apiServer) Serve(ln net.Listener) error {
 	if s.grpc == nil {
 		return tlsServer{s.http}.Serve(ln)
 	}
-	s.ln = ln
 	other, grpcConns := service.SplitGRPC(ln)
 	go func() { _ = s.grpc.Serve(grpcConns) }()
 	err := s.http.Serve(other)
