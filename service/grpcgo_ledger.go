@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"encoding/binary"
+	"iter"
 	"maps"
 	"net"
 	"slices"
@@ -183,7 +184,7 @@ func (l *ledger) wrote(p []byte) (ended int) {
 	for len(p) > 0 {
 		if l.payload > 0 {
 			n := min(l.payload, len(p))
-			if l.data != nil {
+			if l.data != nil && !l.data.ended {
 				l.data.written += int64(n)
 				l.data.progress = time.Now()
 				l.opts.Stats.Held.Add(-int64(n))
@@ -303,10 +304,8 @@ func (l *ledger) stalled() int {
 	now := time.Now()
 	next := time.Duration(0)
 	stalled, unsent := false, 0
-	for _, r := range l.streams {
-		if r.queued <= r.written {
-			continue
-		}
+	// Those whose headers have not gone yet count too: they wait as long.
+	for r := range l.pending() {
 		unsent++
 		waited := now.Sub(r.progress)
 		if waited >= l.opts.WriteTimeout {
@@ -317,13 +316,7 @@ func (l *ledger) stalled() int {
 	}
 	if stalled {
 		// Every response not yet sent is cut with the connection, as Go's
-		// server would cut each (HTTP/1.1's cut takes its connection too),
-		// those whose headers have not gone yet included.
-		for _, r := range l.expecting {
-			if r.queued > 0 {
-				unsent++
-			}
-		}
+		// server would cut each (HTTP/1.1's cut takes its connection too).
 		l.cut = true
 		return unsent
 	}
@@ -331,6 +324,23 @@ func (l *ledger) stalled() int {
 		l.timer = time.AfterFunc(next, l.check)
 	}
 	return 0
+}
+
+// pending yields the responses with bytes queued and not yet written,
+// their headers gone or not. The caller holds mu.
+func (l *ledger) pending() iter.Seq[*response] {
+	return func(yield func(*response) bool) {
+		for _, r := range l.streams {
+			if r.queued > r.written && !yield(r) {
+				return
+			}
+		}
+		for _, r := range l.expecting {
+			if r.queued > r.written && !yield(r) {
+				return
+			}
+		}
+	}
 }
 
 // failed cuts the connection whose write failed by the write timeout: the
@@ -342,10 +352,8 @@ func (l *ledger) failed(inWrite int) {
 	if !l.cut {
 		l.cut = true
 		cut = inWrite
-		for _, r := range l.streams {
-			if r.queued > r.written {
-				cut++
-			}
+		for range l.pending() {
+			cut++
 		}
 	}
 	l.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -141,5 +142,36 @@ func TestLedgerSkipsHeadersThatNeverWent(t *testing.T) {
 		}
 		server.Close()
 		client.Close()
+	}
+}
+
+// TestLedgerWatchesResponsesWhoseHeadersHaveNotGone has the write timeout's
+// first check find the only response on the wire fully written and another
+// still waiting for its headers: the watch goes on, and once that one's
+// headers go and its bytes never do, it is cut and the connection closed.
+func TestLedgerWatchesResponsesWhoseHeadersHaveNotGone(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	var cuts atomic.Int64
+	const timeout = 50 * time.Millisecond
+	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: new(GRPCStats), OnCut: func(Cut) { cuts.Add(1) }})
+	a, _ := l.register(func() error { return nil }, func() bool { return false })
+	b, _ := l.register(func() error { return nil }, func() bool { return false })
+	l.queue(a, 10)
+	l.wrote(frame(frameHeaders, flagEndHdrs, 1, 8))
+	l.wrote(frame(frameData, 0, 1, 10))
+	time.Sleep(timeout / 2)
+	l.queue(b, 10)              // b's headers have not gone at the first check
+	time.Sleep(timeout * 3 / 4) // past the first check
+	l.wrote(frame(frameHeaders, flagEndHdrs, 3, 8))
+	closed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, client); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * timeout):
+		t.Fatal("the stalled response, queued after the first check, was never cut")
+	}
+	if n := cuts.Load(); n != 1 {
+		t.Errorf("%d cuts, want 1", n)
 	}
 }
