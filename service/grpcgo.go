@@ -468,6 +468,9 @@ func (w *writer) Write(p []byte) (int, error) {
 		}
 		if err := w.ss.SendMsg(&msg); err != nil {
 			// Never sent: the stream ended (a reset, or its connection).
+			if w.account != nil {
+				w.ledger.abandon(w.account)
+			}
 			return 0, err
 		}
 		w.pending = w.pending[5+n:]

@@ -269,6 +269,15 @@ func (r *response) finish(stats *GRPCStats) {
 	}
 }
 
+// abandon ends r, whose bytes will never go (grpc-go refused them: its
+// stream is done). It keeps its place in the order: its headers may still
+// go.
+func (l *ledger) abandon(r *response) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r.finish(l.opts.Stats)
+}
+
 // whenEnded calls f once r has ended (at once if it has).
 func (l *ledger) whenEnded(r *response, f func()) {
 	l.mu.Lock()
@@ -331,12 +340,12 @@ func (l *ledger) stalled() int {
 func (l *ledger) pending() iter.Seq[*response] {
 	return func(yield func(*response) bool) {
 		for _, r := range l.streams {
-			if r.queued > r.written && !yield(r) {
+			if !r.ended && r.queued > r.written && !yield(r) {
 				return
 			}
 		}
 		for _, r := range l.expecting {
-			if r.queued > r.written && !yield(r) {
+			if !r.ended && r.queued > r.written && !yield(r) {
 				return
 			}
 		}

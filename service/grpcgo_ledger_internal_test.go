@@ -175,3 +175,29 @@ func TestLedgerWatchesResponsesWhoseHeadersHaveNotGone(t *testing.T) {
 		t.Errorf("%d cuts, want 1", n)
 	}
 }
+
+// TestAnAbandonedResponseIsNotWatched abandons a response whose bytes
+// grpc-go refused (its stream was reset as its headers were queued, which
+// may have dropped them): on an otherwise quiet connection it holds
+// nothing and is never taken for a stalled one.
+func TestAnAbandonedResponseIsNotWatched(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	var cuts atomic.Int64
+	const timeout = 50 * time.Millisecond
+	stats := new(GRPCStats)
+	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: stats, OnCut: func(Cut) { cuts.Add(1) }})
+	r, _ := l.register(func() error { return nil }, func() bool { return true })
+	l.queue(r, 10)
+	l.abandon(r)
+	time.Sleep(3 * timeout)
+	if n := cuts.Load(); n != 0 {
+		t.Errorf("%d cuts of a quiet connection, want none", n)
+	}
+	if held := stats.Held.Load(); held != 0 {
+		t.Errorf("held %d after the response was abandoned, want 0", held)
+	}
+	if len(l.expecting) != 1 {
+		t.Errorf("%d responses wait for headers, want the abandoned one, in its place", len(l.expecting))
+	}
+}
