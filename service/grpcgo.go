@@ -126,6 +126,13 @@ func NewGRPCServer(edge http.Handler, opts GRPCOptions) *GRPCServer {
 		// A connection's write buffer only while it writes: idle
 		// connections (and slow readers') then hold less.
 		grpc.SharedWriteBuffer(true),
+		// grpc-go's default read buffer is 32 KiB on every connection,
+		// idle or not: an idle connection then held twice the heap Go's
+		// server keeps for one (52 against 25 KiB). 4 KiB brings it to 26,
+		// and cost nothing (Get ×0.87, claim ×0.95 in server CPU per call,
+		// gRPC at 64 clients); with none, each frame's reads went through
+		// the split's wrappers one by one (Get ×1.03).
+		grpc.ReadBufferSize(4<<10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: opts.IdleTimeout}),
 		// grpc-go closes, by default, a connection whose client pings more
 		// often than every 5 minutes; Go's server lets clients keep their
