@@ -74,6 +74,10 @@ type response struct {
 	ended           bool      // every byte left, or never will
 	onEnd           func()    // called once it ends
 	maybe           bool      // its stream was reset as it registered: its headers may never go
+	// byCut: it ended because its connection was cut for the write
+	// timeout, before all its bytes were queued; counted: it is among
+	// the cuts reported. Both under ledger.mu.
+	byCut, counted bool
 }
 
 func newLedger(conn net.Conn, opts *GRPCOptions) *ledger {
@@ -147,6 +151,12 @@ func (l *ledger) register(send func() error, reset func() bool) (*response, erro
 	r := &response{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.cut {
+		// Its connection was cut for another response: nothing of this
+		// one will go, and if it has bytes to send it is cut too (queue).
+		r.ended, r.byCut = true, true
+		return r, nil
+	}
 	if l.gone {
 		return nil, net.ErrClosed
 	}
@@ -162,10 +172,21 @@ func (l *ledger) register(send func() error, reset func() bool) (*response, erro
 // queue records n more bytes of r's DATA payload about to be queued.
 func (l *ledger) queue(r *response, n int) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if r.ended {
+	if r.ended || l.cut {
+		// Served after its connection was cut for the write timeout (for
+		// another response; closed or about to be): none of it will go,
+		// and it is cut too, as Go's server, which resets only the stalled
+		// stream, would have cut it at its own timeout. One ended
+		// otherwise (sent, reset, abandoned) is not.
+		cut := (r.byCut || !r.ended) && !r.counted
+		r.counted = r.counted || cut
+		l.mu.Unlock()
+		if cut {
+			l.opts.OnCut(CutWriteTimeout)
+		}
 		return
 	}
+	defer l.mu.Unlock()
 	if r.queued == r.written {
 		r.progress = time.Now()
 	}
@@ -327,6 +348,9 @@ func (l *ledger) stalled() int {
 		// Every response not yet sent is cut with the connection, as Go's
 		// server would cut each (HTTP/1.1's cut takes its connection too).
 		l.cut = true
+		for r := range l.pending() {
+			r.counted = true
+		}
 		return unsent
 	}
 	if next > 0 {
@@ -361,7 +385,8 @@ func (l *ledger) failed(inWrite int) {
 	if !l.cut {
 		l.cut = true
 		cut = inWrite
-		for range l.pending() {
+		for r := range l.pending() {
+			r.counted = true
 			cut++
 		}
 	}
@@ -380,10 +405,17 @@ func (l *ledger) closed() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.gone = true
-	for stream := range l.streams {
+	// What is still open when a cut connection closes ends by the cut. A
+	// response whose stream the client reset before its headers went is
+	// among them: the ledger cannot tell it from the others (grpc-go does
+	// not say which stream a call is on), so if it is served later it is
+	// counted as cut where Go's server would have seen the reset.
+	for stream, r := range l.streams {
+		r.byCut = l.cut && !r.ended
 		l.end(stream)
 	}
 	for _, r := range l.expecting {
+		r.byCut = l.cut && !r.ended
 		r.finish(l.opts.Stats)
 	}
 	l.expecting = nil

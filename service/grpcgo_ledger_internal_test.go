@@ -201,3 +201,55 @@ func TestAnAbandonedResponseIsNotWatched(t *testing.T) {
 		t.Errorf("%d responses wait for headers, want the abandoned one, in its place", len(l.expecting))
 	}
 }
+
+// TestResponsesServedAfterTheirConnectionWasCutAreCut cuts a connection
+// for one stalled response, then serves three more of its calls: one
+// registered before the cut with nothing queued yet (it queues between the
+// cut and the connection's close), one registered after
+// it, and one that answers with an error (no bytes to send). The two with
+// bytes are cut too, each once, as Go's server would cut each at its own
+// timeout; the error is not. Without this, the slow-reader attack found
+// responses that were neither written nor counted as cut.
+func TestResponsesServedAfterTheirConnectionWasCutAreCut(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	var cuts atomic.Int64
+	const timeout = 50 * time.Millisecond
+	stats := new(GRPCStats)
+	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: stats, OnCut: func(Cut) { cuts.Add(1) }})
+	register := func() *response {
+		r, err := l.register(func() error { return nil }, func() bool { return false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	stalled, early := register(), register()
+	l.queue(stalled, 10)
+	closed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, client); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(20 * timeout):
+		t.Fatal("the stalled response was never cut")
+	}
+	// The cut is counted just after the connection closes.
+	for deadline := time.Now().Add(10 * time.Second); cuts.Load() == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	}
+	if n := cuts.Load(); n != 1 {
+		t.Fatalf("%d cuts when the connection was cut, want 1 (the stalled response)", n)
+	}
+	// Between the cut and the connection's close, early queues its bytes.
+	l.queue(early, 10)
+	l.closed() // as the connection's Close tells it
+	late, failed := register(), register()
+	l.queue(late, 10)
+	l.queue(late, 10) // a second message: still one cut
+	_ = failed        // an error: trailers only, no bytes queued
+	if n := cuts.Load(); n != 3 {
+		t.Errorf("%d cuts, want 3: the stalled response, and the two served after the cut", n)
+	}
+	if held := stats.Held.Load(); held != 0 {
+		t.Errorf("held %d after the connection closed, want 0", held)
+	}
+}
