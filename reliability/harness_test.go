@@ -3,15 +3,19 @@ package reliability
 import (
 	"bytes"
 	"context"
+	endian "encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,14 +83,11 @@ func setupEdge(t testing.TB, cfg manager.Config, a *auth.Authenticator, storeOpt
 	t.Cleanup(admin.Close)
 	logs := &logRecorder{}
 	m := manager.New(st, cfg, slog.New(logs))
-	srv := httptest.NewUnstartedServer(service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes, Auth: a}))
-	srv.Config.Protocols = protocols()
-	srv.Config.ReadHeaderTimeout = 5 * time.Second
-	srv.Start()
-	t.Cleanup(srv.Close)
+	edge := service.NewEdge(m, service.Options{Logger: slog.New(logs), MaxRequestBytes: maxRequestBytes, Auth: a})
+	baseURL := serveEdge(t, edge, slog.New(logs))
 
 	b := &testBundle{
-		baseURL: srv.URL,
+		baseURL: baseURL,
 		store:   st,
 		pool:    st.Pool(),
 		admin:   admin,
@@ -100,6 +101,43 @@ func setupEdge(t testing.TB, cfg manager.Config, a *auth.Authenticator, storeOpt
 		b.http2.CloseIdleConnections()
 	})
 	return b
+}
+
+// serveEdge serves edge on a loopback port as cmd/cacheservice serves it
+// without TLS: gRPC with grpc-go, every other protocol with Go's HTTP
+// server, split by each connection's first request. It returns the base
+// URL.
+func serveEdge(t testing.TB, edge http.Handler, logger *slog.Logger) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	// Cleanup waits for the handlers still running, as httptest's Close
+	// does, so that none outlives its test (and its database).
+	var running atomic.Int64
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		running.Add(1)
+		defer running.Add(-1)
+		edge.ServeHTTP(w, r)
+	})
+	other, grpcConns := service.SplitGRPC(ln)
+	hs := &http.Server{Handler: counted, Protocols: protocols(), ReadHeaderTimeout: 5 * time.Second}
+	gs := service.NewGRPCServer(counted, service.GRPCOptions{MaxRequestBytes: maxRequestBytes, Logger: logger})
+	go func() { _ = gs.Serve(grpcConns) }()
+	go func() { _ = hs.Serve(other) }()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		_ = hs.Close()
+		gs.Stop()
+		for deadline := time.Now().Add(time.Minute); running.Load() > 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("%d handlers still running a minute after the server closed", running.Load())
+				return
+			}
+		}
+	})
+	return "http://" + ln.Addr().String()
 }
 
 // closeBounded runs closeFn, giving up after 10s: a pool waits for every
@@ -181,6 +219,56 @@ func (b *testBundle) post(ctx context.Context, t testing.TB, procedure, contentT
 		t.Fatalf("read response of %s: %v", procedure, err)
 	}
 	return decodeRaw(t, resp.StatusCode, data)
+}
+
+// postGRPC sends msg, a binary message, to procedure with the gRPC
+// protocol over unencrypted HTTP/2 (served by grpc-go), and reads the
+// answer as post does.
+func (b *testBundle) postGRPC(ctx context.Context, t testing.TB, procedure string, msg []byte, header http.Header) rawResponse {
+	t.Helper()
+	envelope := endian.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.baseURL+procedure, bytes.NewReader(append(envelope, msg...)))
+	if err != nil {
+		t.Fatalf("new request: %v", err)
+	}
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := b.http2.Do(req)
+	if err != nil {
+		t.Fatalf("gRPC %s: %v", procedure, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		t.Fatalf("read response of %s: %v", procedure, err)
+	}
+	status := resp.Trailer.Get("Grpc-Status")
+	message := resp.Trailer.Get("Grpc-Message")
+	if status == "" { // trailers only: the status came with the headers
+		status, message = resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message")
+	}
+	code, err := strconv.Atoi(status)
+	if err != nil || code < 0 || code > 16 {
+		t.Fatalf("gRPC %s: status %q is not a code (HTTP %d)", procedure, status, resp.StatusCode)
+	}
+	r := rawResponse{status: resp.StatusCode, code: connect.Code(code)}
+	if code == 0 {
+		if len(data) < 5 || data[0] != 0 || int(endian.BigEndian.Uint32(data[1:5])) != len(data)-5 {
+			t.Fatalf("gRPC %s: a success whose body is not one uncompressed message: %q", procedure, data)
+		}
+		r.body = data[5:]
+		return r
+	}
+	if len(data) > 0 {
+		t.Fatalf("gRPC %s: an error (%v) with a body: %q", procedure, r.code, data)
+	}
+	if r.msg, err = url.PathUnescape(message); err != nil {
+		t.Fatalf("gRPC %s: grpc-message %q is not percent-encoded: %v", procedure, message, err)
+	}
+	return r
 }
 
 // decodeRaw reads a Connect unary response: 200 with the message, or an

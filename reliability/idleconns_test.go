@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"net/http"
+	"net/http/httptrace"
 	"testing"
 	"time"
 
@@ -28,21 +29,39 @@ func TestIdleConnectionsCostLittleMemory(t *testing.T) {
 			srv := startServer(t, "server", "--database-url", pgtest.NewDatabase(t), "--pprof", "--grpc-transport", transport)
 			before := srv.settledHeapMiB(t)
 			transports := make([]*http.Transport, 0, conns)
+			clients := make([]cachev1connect.CacheServiceClient, 0, conns)
 			defer func() {
 				for _, tr := range transports {
 					tr.CloseIdleConnections()
 				}
 			}()
+			// get calls Get with client and reports whether it went on a
+			// connection used before.
+			get := func(client cachev1connect.CacheServiceClient) (reused bool) {
+				ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{
+					GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
+				})
+				_, err := client.Get(ctx, connect.NewRequest(&cachev1.GetRequest{Scope: scope(), Key: "absent"}))
+				if connect.CodeOf(err) != connect.CodeNotFound {
+					t.Fatalf("Get: %v, want not_found", err)
+				}
+				return reused
+			}
 			for range conns {
 				tr := &http.Transport{Protocols: h2cOnly()}
 				transports = append(transports, tr)
 				client := cachev1connect.NewCacheServiceClient(&http.Client{Timeout: 30 * time.Second, Transport: tr}, srv.baseURL, connect.WithGRPC())
-				_, err := client.Get(t.Context(), connect.NewRequest(&cachev1.GetRequest{Scope: scope(), Key: "absent"}))
-				if connect.CodeOf(err) != connect.CodeNotFound {
-					t.Fatalf("Get on a new connection: %v, want not_found", err)
-				}
+				clients = append(clients, client)
+				get(client)
 			}
 			after := srv.settledHeapMiB(t)
+			// The heap was measured with every connection open: each is
+			// still there to serve another call.
+			for i, client := range clients {
+				if !get(client) {
+					t.Fatalf("connection %d was closed before the heap was measured", i)
+				}
+			}
 			perConn := (after - before) * 1024 / conns
 			t.Logf("%s, %d idle connections: heap in use %.1f -> %.1f MiB, %.1f KiB each", transport, conns, before, after, perConn)
 			if perConn > boundKiB {
