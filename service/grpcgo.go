@@ -86,7 +86,7 @@ type GRPCStats struct {
 // streamWorkers is how many goroutines serve gRPC calls (see
 // NewGRPCServer). Server CPU per call at 64 clients against none, in
 // three runs: Get ×0.86, ×0.95, ×0.94; Put ×0.86, ×0.92, ×0.94; claim
-// ×0.90, ×0.90, ×0.97; 16 workers did less (×0.96, ×1.01, ×0.93).
+// ×0.90, ×0.90, ×0.97; 16 workers, one run: ×0.96, ×1.01, ×0.93.
 const streamWorkers = 64
 
 // GRPCServer serves the gRPC protocol of an edge with grpc-go, on the
@@ -139,12 +139,16 @@ func NewGRPCServer(edge http.Handler, opts GRPCOptions) *GRPCServer {
 		// gRPC at 64 clients); with none, each frame's reads went through
 		// the split's wrappers one by one (Get ×1.03).
 		grpc.ReadBufferSize(4<<10),
-		// Calls run on goroutines kept for the purpose, not a new one
-		// each: a new goroutine starts on a 2 KiB stack, which the
-		// edge grows to 16 KiB at once (stack.go), and that copy was 8 %
-		// of the server's CPU per gRPC Get. The kept ones hold their
-		// grown stacks (about 2 MiB for 64); past 64 calls at once,
-		// grpc-go starts goroutines as before.
+		// Calls run on goroutines kept for the purpose where one is
+		// free, not a new one each: a new goroutine starts on a 2 KiB
+		// stack, which the edge grows to 32 KiB at once (stack.go), and
+		// that copy was 8 % of the server's CPU per gRPC Get. A kept one
+		// keeps its grown stack between calls until a collection finds it
+		// idle and halves it (at most about 2 MiB for 64). A call that
+		// finds no kept goroutine waiting (more than 64 at once, across
+		// all connections, or one between calls) gets a new one, as
+		// before. grpc-go marks the option experimental; go.mod pins the
+		// version it was measured with.
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: opts.IdleTimeout}),
 		// grpc-go closes, by default, a connection whose client pings more

@@ -9,8 +9,9 @@ import "net/http"
 // (its regexps sit deep) and pgx needs tens of KiB. Growing it in one step
 // at the top, where the stack is a few frames, replaced about a tenth of the
 // server's CPU spent copying and rewriting deep stacks (runtime.copystack)
-// under load. gRPC calls, served by grpc-go, run on goroutines it keeps
-// (NewGRPCServer), whose stacks are grown already.
+// under load. The frame leaves a 32 KiB stack. gRPC calls, served by
+// grpc-go, mostly run on goroutines it keeps (NewGRPCServer), whose
+// stacks are often grown already.
 const stackBytes = 16 << 10
 
 // withStack serves h on a stack grown to fit stackBytes more; see stackBytes.
