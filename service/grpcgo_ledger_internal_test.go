@@ -22,6 +22,16 @@ func frame(typ, flags byte, stream uint32, payload int) []byte {
 	return b
 }
 
+// pipeLedger is a ledger of one end of a pipe with writeTimeout, counting
+// its cuts; client is the other end, closed at the test's end.
+func pipeLedger(t *testing.T, writeTimeout time.Duration) (l *ledger, client net.Conn, cuts *atomic.Int64, stats *GRPCStats) {
+	t.Helper()
+	server, client := net.Pipe()
+	t.Cleanup(func() { _ = client.Close() })
+	cuts, stats = new(atomic.Int64), new(GRPCStats)
+	return newLedger(server, &GRPCOptions{WriteTimeout: writeTimeout, Stats: stats, OnCut: func(Cut) { cuts.Add(1) }}), client, cuts, stats
+}
+
 // TestLedgerMatchesResponsesToStreamsByTheirHeaders registers three
 // responses, then feeds the ledger the frames of their streams in the
 // order grpc-go writes them (headers in the order they were queued, then
@@ -150,11 +160,8 @@ func TestLedgerSkipsHeadersThatNeverWent(t *testing.T) {
 // still waiting for its headers: the watch goes on, and once that one's
 // headers go and its bytes never do, it is cut and the connection closed.
 func TestLedgerWatchesResponsesWhoseHeadersHaveNotGone(t *testing.T) {
-	server, client := net.Pipe()
-	defer client.Close()
-	var cuts atomic.Int64
 	const timeout = 50 * time.Millisecond
-	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: new(GRPCStats), OnCut: func(Cut) { cuts.Add(1) }})
+	l, client, cuts, _ := pipeLedger(t, timeout)
 	a, _ := l.register(func() error { return nil }, func() bool { return false })
 	b, _ := l.register(func() error { return nil }, func() bool { return false })
 	l.queue(a, 10)
@@ -181,12 +188,8 @@ func TestLedgerWatchesResponsesWhoseHeadersHaveNotGone(t *testing.T) {
 // may have dropped them): on an otherwise quiet connection it holds
 // nothing and is never taken for a stalled one.
 func TestAnAbandonedResponseIsNotWatched(t *testing.T) {
-	server, client := net.Pipe()
-	defer client.Close()
-	var cuts atomic.Int64
 	const timeout = 50 * time.Millisecond
-	stats := new(GRPCStats)
-	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: stats, OnCut: func(Cut) { cuts.Add(1) }})
+	l, _, cuts, stats := pipeLedger(t, timeout)
 	r, _ := l.register(func() error { return nil }, func() bool { return true })
 	l.queue(r, 10)
 	l.abandon(r)
@@ -211,12 +214,8 @@ func TestAnAbandonedResponseIsNotWatched(t *testing.T) {
 // timeout; the error is not. Without this, the slow-reader attack found
 // responses that were neither written nor counted as cut.
 func TestResponsesServedAfterTheirConnectionWasCutAreCut(t *testing.T) {
-	server, client := net.Pipe()
-	defer client.Close()
-	var cuts atomic.Int64
 	const timeout = 50 * time.Millisecond
-	stats := new(GRPCStats)
-	l := newLedger(server, &GRPCOptions{WriteTimeout: timeout, Stats: stats, OnCut: func(Cut) { cuts.Add(1) }})
+	l, client, cuts, stats := pipeLedger(t, timeout)
 	register := func() *response {
 		r, err := l.register(func() error { return nil }, func() bool { return false })
 		if err != nil {
