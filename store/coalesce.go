@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -28,6 +29,9 @@ type coalescer[A, R any] struct {
 	waiting []*pending[A, R] // under mu
 	// batched counts calls served by a statement shared with others.
 	batched atomic.Int64
+	// retried counts calls served again alone after their shared statement
+	// failed as a whole.
+	retried atomic.Int64
 }
 
 // batchOps are the two ways to serve calls of one kind.
@@ -36,9 +40,12 @@ type batchOps[A, R any] struct {
 	op string
 	// one serves a call alone, as it was served before coalescing.
 	one func(ctx context.Context, q querier, arg A) (R, error)
-	// many serves calls (at least two) with one statement on conn, setting
-	// each call's res or err; an error fails the statement as a whole.
+	// many serves calls (at least two) with one statement (or one batch)
+	// on conn, setting each call's res or err; an error fails them as a
+	// whole, and each call is then served again alone.
 	many func(ctx context.Context, conn *pgxpool.Conn, calls []*pending[A, R]) error
+	// limit bounds the calls one batch serves (zero: maxBatch).
+	limit int
 }
 
 // pending is one call waiting in a coalescer.
@@ -88,7 +95,7 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 		q.mu.Unlock()
 		return zero, classify(ops.op, classify("acquire connection", err))
 	}
-	batch := q.take(call)
+	batch := q.take(call, cmp.Or(ops.limit, maxBatch))
 	q.mu.Unlock()
 
 	for _, c := range batch[1:] {
@@ -155,10 +162,10 @@ func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, 
 	return call.res, call.err
 }
 
-// take returns a batch of first and up to maxBatch-1 of the calls still
+// take returns a batch of first and up to limit-1 of the calls still
 // waiting, oldest first, marking them taken. The caller holds mu.
-func (q *coalescer[A, R]) take(first *pending[A, R]) []*pending[A, R] {
-	n := min(len(q.waiting), maxBatch-1)
+func (q *coalescer[A, R]) take(first *pending[A, R], limit int) []*pending[A, R] {
+	n := min(len(q.waiting), limit-1)
 	if n == 0 {
 		return []*pending[A, R]{first}
 	}
@@ -195,6 +202,9 @@ func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch [
 		return
 	}
 	err := ops.many(ctx, conn, batch)
+	if err != nil {
+		q.retried.Add(int64(len(batch)))
+	}
 	for _, c := range batch {
 		if err != nil {
 			var zero R

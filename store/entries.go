@@ -120,10 +120,11 @@ func getOne(ctx context.Context, q querier, id ID) (Entry, error) {
 func (s *Store) PutEntry(ctx context.Context, e Entry, replace Replace) error {
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
-	// Puts are not coalesced as Gets are: one multi-row INSERT for the Puts
-	// that queued cost more than it saved (cachebench compare, put at c=64:
-	// throughput ×0.61, PostgreSQL CPU per call ×1.12).
-	return putOne(ctx, s.db, e, replace)
+	if len(e.Inline) > maxBatchedInline {
+		return putOne(ctx, s.db, e, replace)
+	}
+	_, err := s.puts.do(ctx, s, putOps, putArg{e: e, replace: replace})
+	return err
 }
 
 // putValues are e's output columns as the INSERTs bind them.
@@ -145,15 +146,20 @@ func putValues(e Entry) (uri *string, inline []byte, labels map[string]string, l
 
 // putOne stores e alone, as replace allows.
 func putOne(ctx context.Context, q querier, e Entry, replace Replace) error {
-	uri, inline, labels, literals := putValues(e)
-	var olderThan *time.Duration
-	if replace.OlderThan > 0 {
-		olderThan = &replace.OlderThan
+	tag, err := q.Exec(ctx, putSQL, putArgs(e, replace)...)
+	if err != nil {
+		return classify("put entry", err)
 	}
-	// The clock is read once, in a subquery, so created_at and
-	// last_updated_at of a new entry are equal and the max_age test compares
-	// against the same instant that is stored.
-	tag, err := q.Exec(ctx, `
+	if tag.RowsAffected() == 0 {
+		return ErrConflict
+	}
+	return nil
+}
+
+// putSQL stores one entry as replace allows. The clock is read once, in a
+// subquery, so created_at and last_updated_at of a new entry are equal and
+// the max_age test compares against the same instant that is stored.
+const putSQL = `
 		INSERT INTO cache_entries AS e
 			(org, project, domain, key, output_uri, output_inline, source_name, source_version, labels, created_at, last_updated_at,
 			 flyte_written_at, literals, flyte_source)
@@ -169,17 +175,17 @@ func putOne(ctx context.Context, q querier, e Entry, replace Replace) error {
 			flyte_written_at = EXCLUDED.flyte_written_at,
 			literals        = EXCLUDED.literals,
 			flyte_source    = EXCLUDED.flyte_source
-		WHERE $10 OR e.last_updated_at < EXCLUDED.last_updated_at - $11::interval`,
-		e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
-		replace.Always, olderThan, literals, e.FlyteSource,
-	)
-	if err != nil {
-		return classify("put entry", err)
+		WHERE $10 OR e.last_updated_at < EXCLUDED.last_updated_at - $11::interval`
+
+// putArgs are putSQL's arguments for e.
+func putArgs(e Entry, replace Replace) []any {
+	uri, inline, labels, literals := putValues(e)
+	var olderThan *time.Duration
+	if replace.OlderThan > 0 {
+		olderThan = &replace.OlderThan
 	}
-	if tag.RowsAffected() == 0 {
-		return ErrConflict
-	}
-	return nil
+	return []any{e.ID.Org, e.ID.Project, e.ID.Domain, e.ID.Key, uri, inline, e.SourceName, e.SourceVersion, labels,
+		replace.Always, olderThan, literals, e.FlyteSource}
 }
 
 // DeleteEntry removes the entry with the given ID, or returns ErrNotFound.

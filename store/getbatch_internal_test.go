@@ -45,15 +45,36 @@ func oneConnStoreHeld(t *testing.T) (s *Store, big []byte, held *pgxpool.Conn) {
 // waitQueued waits, boundedly, until n Gets wait in s's queue.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
+	waitWaiting(t, &s.gets, n)
+}
+
+// waitWaiting waits, boundedly, until n calls wait in q.
+func waitWaiting[A, R any](t *testing.T, q *coalescer[A, R], n int) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		s.gets.mu.Lock()
-		queued := len(s.gets.waiting)
-		s.gets.mu.Unlock()
+		q.mu.Lock()
+		queued := len(q.waiting)
+		q.mu.Unlock()
 		if queued == n {
 			return
 		}
 	}
-	t.Fatalf("%d Gets never queued", n)
+	t.Fatalf("%d calls never queued", n)
+}
+
+// serveBatch serves calls as one batch of q on a connection of s's pool, as
+// the caller who took the connection does.
+func serveBatch[A, R any](t *testing.T, s *Store, q *coalescer[A, R], ops *batchOps[A, R], calls []*pending[A, R]) {
+	t.Helper()
+	for _, c := range calls {
+		c.done = make(chan struct{})
+	}
+	conn, err := s.pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.serve(conn, ops, calls, time.Now().Add(s.timeout))
+	conn.Release()
 }
 
 // TestGetsThatQueuedShareOneStatement holds the pool's only connection
@@ -126,15 +147,7 @@ func TestBatchMemberFailuresStayTheirOwn(t *testing.T) {
 		if withBad {
 			calls = append(calls, &pending[ID, Entry]{ctx: ctx, arg: bad})
 		}
-		for _, c := range calls {
-			c.done = make(chan struct{})
-		}
-		conn, err := s.pool.Acquire(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.gets.serve(conn, getOps, calls, time.Now().Add(s.timeout))
-		conn.Release()
+		serveBatch(t, s, &s.gets, getOps, calls)
 
 		// Its answer arrived as it gave up: kept, as the store keeps it for
 		// any statement; or, when the batch failed, its cancellation.

@@ -105,7 +105,8 @@ type Store struct {
 	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
-	gets        coalescer[ID, Entry] // Gets waiting for a connection, served together (coalesce.go)
+	gets        coalescer[ID, Entry]        // Gets waiting for a connection, served together (coalesce.go)
+	puts        coalescer[putArg, struct{}] // Puts alike (putbatch.go)
 	// lockedClaims counts claims that took the row lock (ClaimReservation).
 	lockedClaims atomic.Int64
 	// shed counts connections that shed grown buffers (shed.go).

@@ -1,0 +1,110 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// A Put batch holds the row locks of its Puts together until it commits,
+// so unlike a lone Put it can be part of a deadlock: two batches cannot
+// (each takes its locks in key order), but a session that locks several
+// rows in another order (an operator's, an import) can wait for one of the
+// batch's rows while the batch waits for one of its. PostgreSQL would then
+// abort one of the two, perhaps the other session. So a batch gives way:
+// it waits for a row lock at most putBatchLockWait, and a batch that gives
+// up stores nothing and serves its Puts again alone. PostgreSQL looks for
+// a deadlock only after deadlock_timeout (1 s by default) of waiting; a
+// batch of at most maxPutBatch statements has given way long before that
+// (maxPutBatch × putBatchLockWait, 320 ms, and its own few milliseconds of
+// work), so the other session is never the one aborted.
+const (
+	putBatchLockWait = 10 * time.Millisecond
+	maxPutBatch      = 32
+)
+
+// putBatchGiveWay is the batch's first statement: putBatchLockWait as the
+// transaction's lock_timeout (set_config's is_local, as SET LOCAL).
+var putBatchGiveWay = "SELECT set_config('lock_timeout', '" +
+	strconv.FormatInt(putBatchLockWait.Milliseconds(), 10) + "ms', true)"
+
+// putArg is one PutEntry call.
+type putArg struct {
+	e       Entry
+	replace Replace
+}
+
+// putOps coalesces PutEntry calls (coalesce.go).
+var putOps = &batchOps[putArg, struct{}]{
+	op: "put entry",
+	one: func(ctx context.Context, q querier, a putArg) (struct{}, error) {
+		return struct{}{}, putOne(ctx, q, a.e, a.replace)
+	},
+	many:  putMany,
+	limit: maxPutBatch,
+}
+
+// putMany stores the entries of calls with one pipelined batch of putSQL
+// statements: one write to the database and one transaction for them all,
+// where alone each is a round trip and a commit of its own. Each statement
+// is still its caller's own, so each caller gets exactly its answer (stored,
+// or ErrConflict). The batch takes the rows' locks in key order, so two
+// batches never wait for each other in a cycle, and gives way to any other
+// session (putBatchLockWait).
+//
+// A statement that fails, or a lock wait that gives way, aborts the whole
+// transaction and stores nothing, so the error fails the batch and every
+// call is served again alone (see coalescer.serve). A connection lost after
+// the batch was sent leaves every call as a lone Put would be left, not
+// knowing whether it was stored: each gets the error, and none is run
+// again.
+func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, struct{}]) error {
+	order := slices.Clone(calls)
+	slices.SortStableFunc(order, func(a, b *pending[putArg, struct{}]) int {
+		x, y := a.arg.e.ID, b.arg.e.ID
+		return cmp.Or(cmp.Compare(x.Org, y.Org), cmp.Compare(x.Project, y.Project),
+			cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.Key, y.Key))
+	})
+	var batch pgx.Batch
+	batch.Queue(putBatchGiveWay)
+	for _, c := range order {
+		batch.Queue(putSQL, putArgs(c.arg.e, c.arg.replace)...)
+	}
+	results := conn.SendBatch(ctx, &batch)
+	err := func() error {
+		if _, err := results.Exec(); err != nil {
+			return err
+		}
+		for _, c := range order {
+			tag, err := results.Exec()
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				c.err = ErrConflict
+			}
+		}
+		return nil
+	}()
+	err = errors.Join(err, results.Close())
+	if err == nil {
+		return nil
+	}
+	for _, c := range calls {
+		c.err = nil
+	}
+	if _, rejected := errors.AsType[*pgconn.PgError](err); rejected {
+		return err // rolled back: served again alone
+	}
+	for _, c := range calls {
+		c.err = classify("put entry", err)
+	}
+	return nil
+}
