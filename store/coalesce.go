@@ -16,14 +16,18 @@ import (
 const maxBatch = 256
 
 // coalescer serves calls of one kind that wait for a connection together.
-// Under load many calls for different keys wait for the pool at the same
-// moment; whichever gets a connection first takes every call of its kind
-// still waiting and serves them all with one statement, so the database
-// parses, plans, answers (and flushes its log) once where it did so for
-// each. Nothing waits to collect a batch: a call that finds a connection
-// at once serves only what queued meanwhile (usually nothing but itself),
-// with the statement it would run alone, so an idle server answers
-// exactly as before.
+// Under load many calls for different keys wait at the same moment;
+// whichever gets a connection first takes every call of its kind still
+// waiting and serves them all with one statement (or one batch), so the
+// database parses, plans, answers (and flushes its log) once where it did
+// so for each, and the server writes and reads once. A kind runs at most
+// as many statements at once as it has slots (coalescedSlots): on two
+// cores the pool's connections are seldom all busy, so without a bound
+// of its own almost every call found one and ran alone. Nothing waits to
+// collect a batch: a call that finds a slot and a connection at once
+// serves only what queued meanwhile (usually nothing but itself), with
+// the statement it would run alone, so an idle server answers exactly as
+// before.
 type coalescer[A, R any] struct {
 	mu      sync.Mutex
 	waiting []*pending[A, R] // under mu
@@ -32,6 +36,10 @@ type coalescer[A, R any] struct {
 	// retried counts calls served again alone after their shared statement
 	// failed as a whole.
 	retried atomic.Int64
+	// slots, when not nil, bounds the statements of this kind running at
+	// once: a call that finds them all taken waits, queued, and is served
+	// with whatever else queued by the next statement (see checkout).
+	slots chan struct{}
 }
 
 // batchOps are the two ways to serve calls of one kind.
@@ -79,12 +87,12 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	q.waiting = append(q.waiting, call)
 	q.mu.Unlock()
 
-	conn, err := s.acquire(acquireCtx)
+	conn, err := q.checkout(acquireCtx, s)
 	q.mu.Lock()
 	if call.taken {
 		q.mu.Unlock()
 		if conn != nil {
-			conn.Release() // another caller's statement serves ours
+			q.giveBack(s, conn) // another caller's statement serves ours
 		}
 		return q.await(s, ops, call)
 	}
@@ -121,22 +129,47 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 		released := false
 		defer func() {
 			if !released { // serve panicked
-				s.release(conn)
+				q.giveBack(s, conn)
 			}
 		}()
 		q.serve(conn, ops, batch, d)
 		// Back before await: a call the shared statement left to be read
 		// alone (a large entry, a failed batch) takes a connection of its
 		// own, and with every other one busy it would wait for this one.
-		s.release(conn)
+		q.giveBack(s, conn)
 		released = true
 		return q.await(s, ops, call)
 	}
 	go func() {
-		defer s.release(conn)
+		defer q.giveBack(s, conn)
 		q.serve(conn, ops, batch, time.Now().Add(s.timeout))
 	}()
 	return q.await(s, ops, call)
+}
+
+// checkout takes one of q's slots, if it has them, then a pooled
+// connection. Both waits end with ctx.
+func (q *coalescer[A, R]) checkout(ctx context.Context, s *Store) (*pgxpool.Conn, error) {
+	if q.slots != nil {
+		select {
+		case q.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	conn, err := s.acquire(ctx)
+	if err != nil && q.slots != nil {
+		<-q.slots
+	}
+	return conn, err
+}
+
+// giveBack returns what checkout took.
+func (q *coalescer[A, R]) giveBack(s *Store, conn *pgxpool.Conn) {
+	s.release(conn)
+	if q.slots != nil {
+		<-q.slots
+	}
 }
 
 // await returns call's answer, or the caller's own cancellation or deadline

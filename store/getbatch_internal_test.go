@@ -201,3 +201,57 @@ func TestALargeEntryIsReadAloneByTheCallerWhoServedTheBatch(t *testing.T) {
 		t.Errorf("%d Gets were served by a shared statement, want %d", n, 1+len(errs))
 	}
 }
+
+// TestCallsBeyondTheirKindsSlotsQueue takes every slot Gets have (two, on a
+// pool of eight), so that Gets queue although connections are free. One
+// that gives up while it waits is answered with its cancellation at once.
+// Freeing one slot lets one of the others serve all of them in one
+// statement, and every slot is given back after.
+func TestCallsBeyondTheirKindsSlotsQueue(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, Config{MaxConns: 8, Timeout: 30 * time.Second})
+	if got := [2]int{cap(s.gets.slots), cap(s.puts.slots)}; got != [2]int{2, 2} {
+		t.Fatalf("slots of Gets and Puts on a pool of 8 = %v, want 2 each", got)
+	}
+	for i := range 10 {
+		if err := s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", fmt.Sprint("k", i)}, URI: fmt.Sprint("s3://b/", i)}, Replace{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range cap(s.gets.slots) {
+		s.gets.slots <- struct{}{}
+	}
+	quitter, quit := context.WithCancel(t.Context())
+	quitErr := make(chan error, 1)
+	go func() {
+		_, err := s.GetEntry(quitter, ID{"o", "p", "d", "k0"})
+		quitErr <- err
+	}()
+	waitQueued(t, s, 1)
+	quit()
+	if err := <-quitErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a Get that gave up waiting for a slot = %v, want its cancellation", err)
+	}
+
+	got := make([]Entry, 10)
+	errs := make([]error, 10)
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Go(func() { got[i], errs[i] = s.GetEntry(t.Context(), ID{"o", "p", "d", fmt.Sprint("k", i)}) })
+	}
+	waitQueued(t, s, len(got))
+	<-s.gets.slots
+	wg.Wait()
+	for i := range got {
+		if errs[i] != nil || got[i].URI != fmt.Sprint("s3://b/", i) {
+			t.Errorf("Get of k%d = %+v, %v; want its entry", i, got[i], errs[i])
+		}
+	}
+	if n := s.gets.batched.Load(); n != int64(len(got)) {
+		t.Errorf("%d Gets were served by a shared statement, want all %d", n, len(got))
+	}
+	<-s.gets.slots
+	if n := len(s.gets.slots); n != 0 {
+		t.Errorf("%d slots still taken after every Get returned", n)
+	}
+}

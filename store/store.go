@@ -105,7 +105,7 @@ type Store struct {
 	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
-	gets        coalescer[ID, Entry]        // Gets waiting for a connection, served together (coalesce.go)
+	gets        coalescer[ID, Entry]        // Gets that queue, served together (coalesce.go)
 	puts        coalescer[putArg, struct{}] // Puts alike (putbatch.go)
 	// lockedClaims counts claims that took the row lock (ClaimReservation).
 	lockedClaims atomic.Int64
@@ -142,6 +142,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// coalescedSlots is how many statements of one coalesced kind (Gets,
+// Puts) run at once on a pool of maxConns connections: a quarter, and at
+// least two. Fewer slots make bigger batches, cheaper per call; on 2
+// cores at 64 clients two slots of 8 connections against four cost
+// Gets ×0.93–0.96 of the server's CPU and ×0.73–0.79 of PostgreSQL's.
+func coalescedSlots(maxConns int32) int32 {
+	return max(min(2, maxConns), maxConns/4)
+}
+
 // lockTimeoutMillis is d as a value of PostgreSQL's lock_timeout: whole
 // milliseconds, at least one, since zero there means no limit. It is zero
 // when d is, for PostgreSQL's own setting to apply.
@@ -155,6 +164,9 @@ func lockTimeoutMillis(d time.Duration) int64 {
 func newStore(pool *pgxpool.Pool, timeout, lockTimeout time.Duration) *Store {
 	s := &Store{pool: pool, timeout: timeout, lockTimeout: lockTimeout}
 	s.db = detached{s: s}
+	slots := coalescedSlots(pool.Config().MaxConns)
+	s.gets.slots = make(chan struct{}, slots)
+	s.puts.slots = make(chan struct{}, slots)
 	return s
 }
 
