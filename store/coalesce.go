@@ -112,20 +112,21 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	if len(batch) > 1 {
 		q.batched.Add(int64(len(batch)))
 	}
-	if s.runsHere(ctx) {
-		// As detach does when the store's deadline comes first: the
-		// statement runs here. Served alone, it ends by that deadline.
-		// A shared statement gets a store deadline of its own, since
-		// this caller may have spent most of its own waiting for the
-		// connection, yet ends by this caller's deadline, if it has one,
-		// so that this caller is still answered in time.
-		d, ok := ctx.Deadline()
-		if !ok || len(batch) > 1 {
-			d = time.Now().Add(s.timeout)
-			if b, ok := ctx.(*bounded); ok && !b.callerDeadline.IsZero() && b.callerDeadline.Before(d) {
-				d = b.callerDeadline
-			}
+	// As detach does when the store's deadline comes first, the statement
+	// runs here, and served alone it ends by that deadline. A shared
+	// statement gets a store deadline of its own, since this caller may
+	// have spent most of its own waiting; if this caller's deadline comes
+	// before that one, the statement runs on a goroutine instead, since
+	// no caller's deadline may cut the others' statement.
+	here := s.runsHere(ctx)
+	d, ok := ctx.Deadline()
+	if !ok || len(batch) > 1 {
+		d = time.Now().Add(s.timeout)
+		if b, ok := ctx.(*bounded); ok && !b.callerDeadline.IsZero() && b.callerDeadline.Before(d) {
+			here = false
 		}
+	}
+	if here {
 		released := false
 		defer func() {
 			if !released { // serve panicked
@@ -196,21 +197,26 @@ func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, 
 }
 
 // take returns a batch of first and up to limit-1 of the calls still
-// waiting, oldest first, marking them taken. The caller holds mu.
+// waiting, oldest first, marking them taken. A call whose caller has
+// given up stays behind, to be answered on its own goroutine with its
+// cancellation: served in a batch, a Put of a caller already told it
+// failed could be stored. The caller holds mu.
 func (q *coalescer[A, R]) take(first *pending[A, R], limit int) []*pending[A, R] {
-	n := min(len(q.waiting), limit-1)
-	if n == 0 {
+	if len(q.waiting) == 0 {
 		return []*pending[A, R]{first}
 	}
-	batch := make([]*pending[A, R], 0, n+1)
-	batch = append(batch, first)
-	for _, c := range q.waiting[:n] {
+	batch := []*pending[A, R]{first}
+	left := q.waiting[:0]
+	for _, c := range q.waiting {
+		if len(batch) == limit || c.ctx.Err() != nil {
+			left = append(left, c)
+			continue
+		}
 		c.taken = true
 		batch = append(batch, c)
 	}
-	rest := copy(q.waiting, q.waiting[n:])
-	clear(q.waiting[rest:])
-	q.waiting = q.waiting[:rest]
+	clear(q.waiting[len(left):])
+	q.waiting = left
 	return batch
 }
 

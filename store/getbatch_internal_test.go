@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -253,5 +254,24 @@ func TestCallsBeyondTheirKindsSlotsQueue(t *testing.T) {
 	<-s.gets.slots
 	if n := len(s.gets.slots); n != 0 {
 		t.Errorf("%d slots still taken after every Get returned", n)
+	}
+}
+
+// TestABatchLeavesCallersWhoGaveUp: a call whose caller has already given
+// up stays queued for its own goroutine to answer, and is not served by
+// the batch (a Put stored for a caller told it failed).
+func TestABatchLeavesCallersWhoGaveUp(t *testing.T) {
+	gone, cancel := context.WithCancel(t.Context())
+	cancel()
+	var q coalescer[ID, Entry]
+	first := &pending[ID, Entry]{ctx: t.Context()}
+	waiting := []*pending[ID, Entry]{{ctx: t.Context()}, {ctx: gone}, {ctx: t.Context()}, {ctx: t.Context()}}
+	q.waiting = slices.Clone(waiting)
+	batch := q.take(first, 3)
+	if want := []*pending[ID, Entry]{first, waiting[0], waiting[2]}; !slices.Equal(batch, want) {
+		t.Errorf("batch = %v, want the first caller and the next two still waiting (%v)", batch, want)
+	}
+	if want := []*pending[ID, Entry]{waiting[1], waiting[3]}; !slices.Equal(q.waiting, want) || waiting[1].taken || waiting[3].taken {
+		t.Errorf("left waiting %v, want the one who gave up and the one over the limit (%v), not taken", q.waiting, want)
 	}
 }

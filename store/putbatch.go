@@ -61,8 +61,9 @@ var putOps = &batchOps[putArg, struct{}]{
 //
 // A statement that fails, or a lock wait that gives way, aborts the whole
 // transaction and stores nothing, so the error fails the batch and every
-// call is served again alone (see coalescer.serve). A connection lost after
-// the batch was sent leaves every call as a lone Put would be left, not
+// call is served again alone (see coalescer.serve); so does an error that
+// came before anything was sent (unstored). A connection lost after the
+// batch was sent leaves every call as a lone Put would be left, not
 // knowing whether it was stored: each gets the error, and none is run
 // again.
 func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, struct{}]) error {
@@ -100,11 +101,25 @@ func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, s
 	for _, c := range calls {
 		c.err = nil
 	}
-	if _, rejected := errors.AsType[*pgconn.PgError](err); rejected {
-		return err // rolled back: served again alone
+	if unstored(err) {
+		return err // served again alone
 	}
 	for _, c := range calls {
 		c.err = classify("put entry", err)
 	}
 	return nil
+}
+
+// unstored reports whether a batch that failed with err certainly stored
+// nothing: PostgreSQL refused it (and rolled its transaction back), pgx
+// failed before sending it (encoding or preparing a statement), or the
+// connection failed before anything was sent.
+func unstored(err error) bool {
+	if _, refused := errors.AsType[*pgconn.PgError](err); refused {
+		return true
+	}
+	if _, unsent := errors.AsType[pgx.ErrPreprocessingBatch](err); unsent {
+		return true
+	}
+	return pgconn.SafeToRetry(err)
 }

@@ -131,37 +131,68 @@ func TestPutBatchMemberFailuresStayTheirOwn(t *testing.T) {
 }
 
 // TestAPutBatchWhoseConnectionIsLostIsNotRunAgain loses the connection
-// under a batch as it is sent: no caller can know whether its entry was
-// stored, so each gets the error a lone Put gets, and none is run again
-// (a Put that was stored would then answer ErrConflict to its own caller).
+// under a batch. Lost before anything was sent, nothing can have been
+// stored, so each Put is served again alone and stored. Lost after the
+// batch was sent (the answers cannot be read), no caller can know whether
+// its entry was stored, so each gets the error a lone Put gets, and none
+// is run again (a Put that was stored would then answer ErrConflict to
+// its own caller).
 func TestAPutBatchWhoseConnectionIsLostIsNotRunAgain(t *testing.T) {
 	t.Parallel()
 	s := oneConnStore(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	calls := []*pending[putArg, struct{}]{
-		{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", "lost-a"}, URI: "s3://b/a"}}},
-		{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", "lost-b"}, URI: "s3://b/b"}}},
-	}
-	for _, c := range calls {
-		c.done = make(chan struct{})
-	}
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.Conn().PgConn().Conn().Close()
-	s.puts.serve(conn, putOps, calls, time.Now().Add(s.timeout))
-	conn.Release()
-	for i, c := range calls {
-		if c.retry {
-			t.Errorf("call %d is to be served again alone", i)
+	for _, sent := range []bool{false, true} {
+		calls := []*pending[putArg, struct{}]{
+			{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", fmt.Sprint("lost-a-", sent)}, URI: "s3://b/a"}}},
+			{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", fmt.Sprint("lost-b-", sent)}, URI: "s3://b/b"}}},
 		}
-		if _, err := s.puts.await(s, putOps, c); err == nil || errors.Is(err, ErrConflict) {
-			t.Errorf("call %d = %v; want the lost connection's error", i, err)
+		for _, c := range calls {
+			c.done = make(chan struct{})
 		}
-		if _, err := s.GetEntry(ctx, c.arg.e.ID); !errors.Is(err, ErrNotFound) {
-			t.Errorf("call %d: Get = %v; want ErrNotFound (nothing reached the database)", i, err)
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := conn.Conn().PgConn().Conn()
+		if d, ok := raw.(*dialedConn); ok {
+			raw = d.Conn
+		}
+		if sent {
+			// A batch first, so that pgx has its statements prepared
+			// and sends the next one at once.
+			warm := []*pending[putArg, struct{}]{
+				{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", "warm-a"}, URI: "s3://b/a"}}, done: make(chan struct{})},
+				{ctx: ctx, arg: putArg{e: Entry{ID: ID{"o", "p", "d", "warm-b"}, URI: "s3://b/b"}}, done: make(chan struct{})},
+			}
+			s.puts.serve(conn, putOps, warm, time.Now().Add(s.timeout))
+			if warm[0].retry || warm[0].err != nil {
+				t.Fatalf("warming batch: served again alone %v, err %v", warm[0].retry, warm[0].err)
+			}
+			// Writes still go out; reads find the connection closed.
+			if err := raw.(interface{ CloseRead() error }).CloseRead(); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			_ = raw.Close()
+		}
+		s.puts.serve(conn, putOps, calls, time.Now().Add(s.timeout))
+		conn.Release()
+		for i, c := range calls {
+			_, err := s.puts.await(s, putOps, c)
+			switch {
+			case !sent && (!c.retry || err != nil):
+				t.Errorf("lost before it was sent: call %d: served again alone %v, err %v; want true, nil", i, c.retry, err)
+			case sent && (c.retry || err == nil || errors.Is(err, ErrConflict)):
+				t.Errorf("lost after it was sent: call %d: served again alone %v, err %v; want false and the lost connection's error", i, c.retry, err)
+			}
+		}
+		if !sent {
+			for i, c := range calls {
+				if e, err := s.GetEntry(ctx, c.arg.e.ID); err != nil || e.URI != c.arg.e.URI {
+					t.Errorf("lost before it was sent: call %d: entry %+v, %v; want it stored alone", i, e, err)
+				}
+			}
 		}
 	}
 }
@@ -267,5 +298,50 @@ func TestAPutBatchGivesWayToAnotherSessionsLocks(t *testing.T) {
 	}
 	if n := s.puts.retried.Load(); n != int64(len(keys)) {
 		t.Errorf("%d Puts were served again alone, want %d: the batch gave way", n, len(keys))
+	}
+}
+
+// TestOneCallersDeadlineNeverCutsTheOthersBatch lets a caller whose own
+// deadline is a few milliseconds after its store deadline take the
+// connection for 31 Puts that queued behind it, with no deadline of their
+// own. Run on that caller's goroutine under its deadline, the batch was
+// cut and every other Put answered unavailable; it must run under a store
+// deadline of its own.
+func TestOneCallersDeadlineNeverCutsTheOthersBatch(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	s := openStore(t, Config{MaxConns: 1, Timeout: timeout})
+	for round := range 6 {
+		held, err := s.pool.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		margin := time.Duration(round%3+1) * time.Millisecond
+		first, cancel := context.WithDeadline(t.Context(), start.Add(timeout+margin))
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_ = s.PutEntry(first, Entry{ID: ID{"o", "p", "d", fmt.Sprint("first-", round)}, URI: "s3://b/f"}, Replace{Always: true})
+		})
+		waitWaiting(t, &s.puts, 1)
+		// The others come later, so that their own store deadlines leave
+		// them time once the first caller takes the connection.
+		time.Sleep(time.Until(start.Add(timeout / 2)))
+		errs := make([]error, maxPutBatch-1)
+		for i := range errs {
+			wg.Go(func() {
+				errs[i] = s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", fmt.Sprint("other-", round, "-", i)}, URI: "s3://b/o"}, Replace{Always: true})
+			})
+		}
+		waitWaiting(t, &s.puts, maxPutBatch)
+		time.Sleep(time.Until(start.Add(timeout - time.Millisecond)))
+		held.Release()
+		wg.Wait()
+		cancel()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("round %d (first caller's deadline %v after its store's): Put %d = %v, want it stored", round, margin, i, err)
+			}
+		}
 	}
 }
