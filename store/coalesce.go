@@ -80,8 +80,15 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	if err := tooLate(ctx); err != nil {
 		return zero, classify(ops.op, err)
 	}
-	acquireCtx, stop := context.WithCancel(ctx)
+	// The wait for a slot and a connection ends with ctx, but not under
+	// ctx's deadline, which may be a caller's few milliseconds: the pool
+	// pings a connection idle for over a second under the checkout's
+	// deadline, and a ping that deadline cuts breaks the connection (pgx
+	// closes one whose round trip it interrupts), so the pool dials anew.
+	// With the slots, connections often sit idle that long.
+	acquireCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer stop()
+	defer context.AfterFunc(ctx, stop)()
 	call := &pending[A, R]{ctx: ctx, arg: arg, stopAcquire: stop, done: make(chan struct{})}
 	q.mu.Lock()
 	q.waiting = append(q.waiting, call)
@@ -101,6 +108,9 @@ func (q *coalescer[A, R]) do(ctx context.Context, s *Store, ops *batchOps[A, R],
 	}
 	if err != nil {
 		q.mu.Unlock()
+		if ctx.Err() != nil {
+			err = ctx.Err() // as the checkout would have ended under ctx
+		}
 		return zero, classify(ops.op, classify("acquire connection", err))
 	}
 	batch := q.take(call, cmp.Or(ops.limit, maxBatch))

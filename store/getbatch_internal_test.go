@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cacheservice/cacheservice/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -273,5 +274,52 @@ func TestABatchLeavesCallersWhoGaveUp(t *testing.T) {
 	}
 	if want := []*pending[ID, Entry]{waiting[1], waiting[3]}; !slices.Equal(q.waiting, want) || waiting[1].taken || waiting[3].taken {
 		t.Errorf("left waiting %v, want the one who gave up and the one over the limit (%v), not taken", q.waiting, want)
+	}
+}
+
+// TestACheckoutsPingOutlivesItsCallersDeadline: the pool pings a
+// connection idle for over a second under the checkout's deadline, and a
+// ping that deadline cuts breaks the connection. A Get whose caller allows
+// it 200 ms must therefore check out under the store's deadline, while
+// still answering its caller in time.
+func TestACheckoutsPingOutlivesItsCallersDeadline(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var left []time.Duration // how long each checkout's ping could take
+	cfg.ShouldPing = func(ctx context.Context, _ pgxpool.ShouldPingParams) bool {
+		d, ok := ctx.Deadline()
+		mu.Lock()
+		defer mu.Unlock()
+		if !ok {
+			left = append(left, time.Hour)
+		} else {
+			left = append(left, time.Until(d))
+		}
+		return false
+	}
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := newStore(pool, 30*time.Second, time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.GetEntry(ctx, ID{"o", "p", "d", "k"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get = %v, want ErrNotFound", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(left) == 0 {
+		t.Fatal("the Get checked out no connection")
+	}
+	for _, l := range left {
+		if l < 10*time.Second {
+			t.Errorf("a checkout left its ping %v; want the store's deadline (30s), not the caller's", l)
+		}
 	}
 }
