@@ -54,6 +54,17 @@ type batchOps[A, R any] struct {
 	many func(ctx context.Context, conn *pgxpool.Conn, calls []*pending[A, R]) error
 	// limit bounds the calls one batch serves (zero: maxBatch).
 	limit int
+	// alone, if set, serves a call again alone after its batch failed;
+	// by default one does, on a connection of its own.
+	alone func(ctx context.Context, s *Store, arg A) (R, error)
+	// settle, if set, runs for each call once its answer is set and
+	// before the caller can read it: where the answer gave the caller
+	// something it must hear of (a claim's grant), settle promises the
+	// answer through the call's handoff, or reports that the caller has
+	// left and undo must take it back. Every caller that stays is
+	// answered before any undo runs, on the connection that served it.
+	settle func(call *pending[A, R]) (undo bool)
+	undo   func(ctx context.Context, conn *pgxpool.Conn, call *pending[A, R])
 }
 
 // pending is one call waiting in a coalescer.
@@ -66,6 +77,9 @@ type pending[A, R any] struct {
 	res         R
 	err         error
 	retry       bool // the shared statement failed: serve it alone
+	// handoff is between the call's caller, who may leave (await), and
+	// whoever serves it, who may then have to undo its answer (settle).
+	handoff handoff
 }
 
 // do serves arg, alone or with the calls that queued while the
@@ -194,6 +208,10 @@ func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, 
 		select {
 		case <-call.done:
 		default:
+			if !call.handoff.leave() {
+				<-call.done // promised (settle): it comes at once
+				break
+			}
 			if cause := context.Cause(call.ctx); errors.Is(cause, errStoreDeadline) {
 				return zero, cause // the store's deadline, not the caller's: unavailable
 			}
@@ -201,6 +219,9 @@ func (q *coalescer[A, R]) await(s *Store, ops *batchOps[A, R], call *pending[A, 
 		}
 	}
 	if call.retry {
+		if ops.alone != nil {
+			return ops.alone(call.ctx, s, call.arg)
+		}
 		return ops.one(call.ctx, s.db, call.arg)
 	}
 	return call.res, call.err
@@ -244,21 +265,26 @@ func (q *coalescer[A, R]) take(first *pending[A, R], limit int) []*pending[A, R]
 func (q *coalescer[A, R]) serve(conn *pgxpool.Conn, ops *batchOps[A, R], batch []*pending[A, R], deadline time.Time) {
 	ctx, cancel := context.WithDeadlineCause(context.WithoutCancel(batch[0].ctx), deadline, errStoreDeadline)
 	defer cancel()
+	var err error
 	if len(batch) == 1 {
 		c := batch[0]
 		c.res, c.err = ops.one(ctx, conn, c.arg)
-		close(c.done)
-		return
-	}
-	err := ops.many(ctx, conn, batch)
-	if err != nil {
+	} else if err = ops.many(ctx, conn, batch); err != nil {
 		q.retried.Add(int64(len(batch)))
 	}
+	var undo []*pending[A, R]
 	for _, c := range batch {
 		if err != nil {
 			var zero R
 			c.res, c.err, c.retry = zero, nil, true
+		} else if ops.settle != nil && ops.settle(c) {
+			undo = append(undo, c)
+			continue // answered once undone: it may be this goroutine's own caller
 		}
+		close(c.done)
+	}
+	for _, c := range undo {
+		ops.undo(ctx, conn, c)
 		close(c.done)
 	}
 }

@@ -13,27 +13,40 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// A Put batch holds the row locks of its Puts together until it commits,
-// so unlike a lone Put it can be part of a deadlock: two batches cannot
-// (each takes its locks in key order), but a session that locks several
-// rows in another order (an operator's, an import) can wait for one of the
+// A write batch (Puts, claims' first round trips) holds the row locks of
+// its statements together until it commits, so unlike a lone statement it
+// can be part of a deadlock: two batches cannot (each takes its locks in
+// key order, byID), but a session that locks several rows in another
+// order (an operator's, an import, the sweeper) can wait for one of the
 // batch's rows while the batch waits for one of its. PostgreSQL would then
 // abort one of the two, perhaps the other session. So a batch gives way:
-// it waits for a row lock at most putBatchLockWait, and a batch that gives
-// up stores nothing and serves its Puts again alone. PostgreSQL looks for
-// a deadlock only after deadlock_timeout (1 s by default) of waiting; a
-// batch of at most maxPutBatch statements has given way long before that
-// (maxPutBatch × putBatchLockWait, 320 ms, and its own few milliseconds of
-// work), so the other session is never the one aborted.
+// it waits for a row lock at most batchLockWait, and a batch that gives up
+// stores nothing and serves its calls again alone. PostgreSQL looks for a
+// deadlock only after deadlock_timeout (1 s by default) of waiting; a
+// batch of at most maxWriteBatch statements has given way long before
+// that (maxWriteBatch × batchLockWait, 320 ms, and its own few
+// milliseconds of work), so the other session is never the one aborted.
 const (
-	putBatchLockWait = 10 * time.Millisecond
-	maxPutBatch      = 32
+	batchLockWait = 10 * time.Millisecond
+	maxWriteBatch = 32
 )
 
-// putBatchGiveWay is the batch's first statement: putBatchLockWait as the
+// batchGiveWay is a write batch's first statement: batchLockWait as the
 // transaction's lock_timeout (set_config's is_local, as SET LOCAL).
-var putBatchGiveWay = "SELECT set_config('lock_timeout', '" +
-	strconv.FormatInt(putBatchLockWait.Milliseconds(), 10) + "ms', true)"
+var batchGiveWay = "SELECT set_config('lock_timeout', '" +
+	strconv.FormatInt(batchLockWait.Milliseconds(), 10) + "ms', true)"
+
+// byID returns calls sorted by the key idOf gives, in the order a write
+// batch takes their rows' locks. Calls of one key keep their order.
+func byID[A, R any](calls []*pending[A, R], idOf func(A) ID) []*pending[A, R] {
+	order := slices.Clone(calls)
+	slices.SortStableFunc(order, func(a, b *pending[A, R]) int {
+		x, y := idOf(a.arg), idOf(b.arg)
+		return cmp.Or(cmp.Compare(x.Org, y.Org), cmp.Compare(x.Project, y.Project),
+			cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.Key, y.Key))
+	})
+	return order
+}
 
 // putArg is one PutEntry call.
 type putArg struct {
@@ -48,7 +61,7 @@ var putOps = &batchOps[putArg, struct{}]{
 		return struct{}{}, putOne(ctx, q, a.e, a.replace)
 	},
 	many:  putMany,
-	limit: maxPutBatch,
+	limit: maxWriteBatch,
 }
 
 // putMany stores the entries of calls with one pipelined batch of putSQL
@@ -57,7 +70,7 @@ var putOps = &batchOps[putArg, struct{}]{
 // is still its caller's own, so each caller gets exactly its answer (stored,
 // or ErrConflict). The batch takes the rows' locks in key order, so two
 // batches never wait for each other in a cycle, and gives way to any other
-// session (putBatchLockWait).
+// session (batchLockWait).
 //
 // A statement that fails, or a lock wait that gives way, aborts the whole
 // transaction and stores nothing, so the error fails the batch and every
@@ -67,14 +80,9 @@ var putOps = &batchOps[putArg, struct{}]{
 // knowing whether it was stored: each gets the error, and none is run
 // again.
 func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, struct{}]) error {
-	order := slices.Clone(calls)
-	slices.SortStableFunc(order, func(a, b *pending[putArg, struct{}]) int {
-		x, y := a.arg.e.ID, b.arg.e.ID
-		return cmp.Or(cmp.Compare(x.Org, y.Org), cmp.Compare(x.Project, y.Project),
-			cmp.Compare(x.Domain, y.Domain), cmp.Compare(x.Key, y.Key))
-	})
+	order := byID(calls, func(a putArg) ID { return a.e.ID })
 	var batch pgx.Batch
-	batch.Queue(putBatchGiveWay)
+	batch.Queue(batchGiveWay)
 	for _, c := range order {
 		batch.Queue(putSQL, putArgs(c.arg.e, c.arg.replace)...)
 	}

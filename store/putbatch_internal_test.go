@@ -327,13 +327,13 @@ func TestOneCallersDeadlineNeverCutsTheOthersBatch(t *testing.T) {
 		// The others come later, so that their own store deadlines leave
 		// them time once the first caller takes the connection.
 		time.Sleep(time.Until(start.Add(timeout / 2)))
-		errs := make([]error, maxPutBatch-1)
+		errs := make([]error, maxWriteBatch-1)
 		for i := range errs {
 			wg.Go(func() {
 				errs[i] = s.PutEntry(t.Context(), Entry{ID: ID{"o", "p", "d", fmt.Sprint("other-", round, "-", i)}, URI: "s3://b/o"}, Replace{Always: true})
 			})
 		}
-		waitWaiting(t, &s.puts, maxPutBatch)
+		waitWaiting(t, &s.puts, maxWriteBatch)
 		time.Sleep(time.Until(start.Add(timeout - time.Millisecond)))
 		held.Release()
 		wg.Wait()

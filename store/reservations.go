@@ -127,28 +127,43 @@ var (
 // claimUnlocked is ClaimReservation's first round trip: it answers the claim
 // when the insert won or the row is live and another's, or, with a second
 // statement, when the row is the claimant's own and live, and otherwise
-// ends with errNotDecided or errNotRead. It runs detached
-// from the caller's cancellation, as every statement of the store does
-// (detach).
+// ends with errNotDecided or errNotRead. Claims that queue together share
+// one batch (claimbatch.go). It runs detached from the caller's
+// cancellation, as every statement of the store does (detach).
 func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, error) {
 	ctx, cancel := s.deadline(caller)
 	defer cancel()
+	res, err := s.claims.do(ctx, s, claimOps, claimArg{c: c, caller: caller, lockTimeout: s.lockTimeout})
+	if errors.Is(err, errOwnLive) { // a heartbeat its batch left to it
+		err = s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
+			r, err := extendOwnOn(ctx, conn, c, res.Previous, s.lockTimeout)
+			res = r
+			return err
+		})
+		err = classify("claim reservation", err)
+	}
+	if err != nil { // errNotDecided and errNotRead stay themselves for errors.Is
+		return ClaimResult{}, err
+	}
+	return res, nil
+}
+
+// claimAlone is claimUnlocked for one claim on a connection of its own, as
+// a claim whose batch failed is served again.
+func (s *Store) claimAlone(ctx context.Context, a claimArg) (ClaimResult, error) {
 	var res ClaimResult
 	err := s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
-		r, err := claimUnlockedOn(ctx, conn, c)
-		if errors.Is(err, errOwnLive) {
-			r, err = extendOwnOn(ctx, conn, c, r.Previous, s.lockTimeout)
-		}
+		r, err := claimOne(ctx, conn, a)
 		if err == nil && r.Created {
-			if gone := callerGone(ctx, caller); gone != nil {
-				giveBack(ctx, conn, c, r.Current.ExpiresAt)
+			if gone := callerGone(ctx, a.caller); gone != nil {
+				giveBack(ctx, conn, a.c, r.Current.ExpiresAt)
 				return gone
 			}
 		}
 		res = r
 		return err
 	})
-	if err != nil { // classify keeps errNotDecided and errNotRead for errors.Is
+	if err != nil {
 		return ClaimResult{}, classify("claim reservation", err)
 	}
 	return res, nil // a nil error came from the op that set res
@@ -194,15 +209,23 @@ const claimUnlockedSQL = `
 	FROM reservations
 	WHERE org = $1 AND project = $2 AND domain = $3 AND key = $4 AND NOT EXISTS (SELECT FROM inserted)`
 
-// claimUnlockedOn runs claimUnlockedSQL on conn.
-func claimUnlockedOn(ctx context.Context, conn *pgxpool.Conn, c Claim) (ClaimResult, error) {
+// claimUnlockedArgs are claimUnlockedSQL's arguments for c.
+func claimUnlockedArgs(c Claim) []any {
 	id := c.ID
-	r := Reservation{ID: id}
+	return []any{id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease}
+}
+
+// claimUnlockedOn runs claimUnlockedSQL on q.
+func claimUnlockedOn(ctx context.Context, q querier, c Claim) (ClaimResult, error) {
+	return claimFrom(q.QueryRow(ctx, claimUnlockedSQL, claimUnlockedArgs(c)...), c)
+}
+
+// claimFrom reads claimUnlockedSQL's answer for c from row.
+func claimFrom(row pgx.Row, c Claim) (ClaimResult, error) {
+	r := Reservation{ID: c.ID}
 	var created, live bool
 	var heartbeatNS int64
-	err := conn.QueryRow(ctx, claimUnlockedSQL,
-		id.Org, id.Project, id.Domain, id.Key, c.OwnerID, int64(c.HeartbeatInterval), c.Lease,
-	).Scan(&created, &r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
+	err := row.Scan(&created, &r.OwnerID, &heartbeatNS, &r.ExpiresAt, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ClaimResult{}, errNotRead // committed by another after our snapshot (or released since)
 	}
@@ -256,7 +279,7 @@ const extendOwnSQL = `
 // extendOwnOn runs extendOwnSQL on conn for the claimant of previous, its
 // lock wait bounded by lockTimeout (zero: PostgreSQL's setting). It ends
 // with errNotDecided if the row is no longer the claimant's and live.
-func extendOwnOn(ctx context.Context, conn *pgxpool.Conn, c Claim, previous Reservation, lockTimeout time.Duration) (ClaimResult, error) {
+func extendOwnOn(ctx context.Context, conn querier, c Claim, previous Reservation, lockTimeout time.Duration) (ClaimResult, error) {
 	var lockTimeoutMS *string
 	if ms := lockTimeoutMillis(lockTimeout); ms > 0 {
 		v := strconv.FormatInt(ms, 10)

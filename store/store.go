@@ -105,8 +105,9 @@ type Store struct {
 	db          detached // single statements go through here, not pool
 	timeout     time.Duration
 	lockTimeout time.Duration
-	gets        coalescer[ID, Entry]        // Gets that queue, served together (coalesce.go)
-	puts        coalescer[putArg, struct{}] // Puts alike (putbatch.go)
+	gets        coalescer[ID, Entry]             // Gets that queue, served together (coalesce.go)
+	puts        coalescer[putArg, struct{}]      // Puts alike (putbatch.go)
+	claims      coalescer[claimArg, ClaimResult] // claims' first round trips alike (claimbatch.go)
 	// lockedClaims counts claims that took the row lock (ClaimReservation).
 	lockedClaims atomic.Int64
 	// shed counts connections that shed grown buffers (shed.go).
@@ -167,6 +168,7 @@ func newStore(pool *pgxpool.Pool, timeout, lockTimeout time.Duration) *Store {
 	slots := coalescedSlots(pool.Config().MaxConns)
 	s.gets.slots = make(chan struct{}, slots)
 	s.puts.slots = make(chan struct{}, slots)
+	s.claims.slots = make(chan struct{}, slots)
 	return s
 }
 
