@@ -21,7 +21,7 @@ type claimArg struct {
 // that queue together go as one write batch, as Puts do (putbatch.go).
 var claimOps = &batchOps[claimArg, ClaimResult]{
 	op:     "claim reservation",
-	one:    claimOne,
+	one:    claimFirst,
 	many:   claimMany,
 	limit:  maxWriteBatch,
 	alone:  func(ctx context.Context, s *Store, a claimArg) (ClaimResult, error) { return s.claimAlone(ctx, a) },
@@ -29,8 +29,18 @@ var claimOps = &batchOps[claimArg, ClaimResult]{
 	undo:   undoClaim,
 }
 
-// claimOne is one claim's first round trip on q: claimUnlockedSQL, and for
-// the claimant's own live reservation the heartbeat that extends it.
+// claimFirst is one claim's first statement on q, claimUnlockedSQL. A
+// heartbeat (the claimant's own live reservation) ends with errOwnLive,
+// for its caller to extend outside the coalescer (claimUnlocked): its
+// lock wait, up to the store's lock timeout, must hold neither a batch
+// nor one of the claims' few slots.
+func claimFirst(ctx context.Context, q querier, a claimArg) (ClaimResult, error) {
+	return claimUnlockedOn(ctx, q, a.c)
+}
+
+// claimOne is one claim's first round trip on q, alone: claimUnlockedSQL,
+// and for the claimant's own live reservation the heartbeat that extends
+// it.
 func claimOne(ctx context.Context, q querier, a claimArg) (ClaimResult, error) {
 	r, err := claimUnlockedOn(ctx, q, a.c)
 	if errors.Is(err, errOwnLive) {

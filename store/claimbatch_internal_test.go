@@ -172,3 +172,66 @@ func TestAHeartbeatsLockWaitHoldsUpNoOtherClaim(t *testing.T) {
 		t.Errorf("heartbeat = %+v, %v; want it extended once the lock is gone", a.r, a.err)
 	}
 }
+
+// TestLockedHeartbeatsHoldNoClaimSlot: heartbeats waiting for rows another
+// session has locked, as many as claims have slots, each served alone,
+// must not keep a first-comer of another key waiting: their lock waits run
+// outside the slots.
+func TestLockedHeartbeatsHoldNoClaimSlot(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	s := openStore(t, Config{URL: url, MaxConns: 8, Timeout: 30 * time.Second, LockTimeout: 20 * time.Second})
+	ctx := t.Context()
+	locker, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = locker.Close(context.Background()) }()
+	keys := make([]string, cap(s.claims.slots))
+	for i := range keys {
+		keys[i] = fmt.Sprint("mine-", i)
+		if r, err := s.ClaimReservation(ctx, aClaim(keys[i], "me")); err != nil || !r.Created {
+			t.Fatalf("seed %s: %+v, %v", keys[i], r, err)
+		}
+	}
+	if _, err := locker.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := locker.Exec(ctx, "SELECT 1 FROM reservations WHERE owner_id = 'me' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() int {
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// One after the other, so that each is served alone.
+	heartbeats := make(chan error, len(keys))
+	for i, k := range keys {
+		go func() {
+			_, err := s.ClaimReservation(ctx, aClaim(k, "me"))
+			heartbeats <- err
+		}()
+		for deadline := time.Now().Add(20 * time.Second); waiting() != i+1; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("heartbeat %d never waited for its row", i)
+			}
+		}
+	}
+	first, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if r, err := s.ClaimReservation(first, aClaim("new", "a")); err != nil || !r.Created {
+		t.Errorf("first-comer of another key while heartbeats wait = %+v, %v; want it granted at once", r, err)
+	}
+	if _, err := locker.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	for range keys {
+		if err := <-heartbeats; err != nil {
+			t.Errorf("heartbeat: %v", err)
+		}
+	}
+}

@@ -134,7 +134,7 @@ func (s *Store) claimUnlocked(caller context.Context, c Claim) (ClaimResult, err
 	ctx, cancel := s.deadline(caller)
 	defer cancel()
 	res, err := s.claims.do(ctx, s, claimOps, claimArg{c: c, caller: caller, lockTimeout: s.lockTimeout})
-	if errors.Is(err, errOwnLive) { // a heartbeat its batch left to it
+	if errors.Is(err, errOwnLive) { // a heartbeat, left to its caller (claimFirst)
 		err = s.detach(ctx, func(ctx context.Context, conn *pgxpool.Conn) error {
 			r, err := extendOwnOn(ctx, conn, c, res.Previous, s.lockTimeout)
 			res = r
