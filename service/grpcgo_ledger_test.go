@@ -26,6 +26,7 @@ import (
 	"github.com/cacheservice/cacheservice/cmd/cachebench/floor"
 	cachev1 "github.com/cacheservice/cacheservice/gen/cacheservice/v1"
 	"github.com/cacheservice/cacheservice/gen/cacheservice/v1/cachev1connect"
+	"github.com/cacheservice/cacheservice/internal/syncbuf"
 	"github.com/cacheservice/cacheservice/service"
 )
 
@@ -341,7 +342,7 @@ func (panicky) Get(context.Context, *connect.Request[cachev1.GetRequest]) (*conn
 // server serves the next call.
 func TestAPanicEndsOnlyItsCall(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	handlers := floor.Handlers()
 	handlers.Cache = panicky{handlers.Cache}
 	ln := serveBridgedWith(t, handlers, service.GRPCOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -362,22 +363,4 @@ func TestAPanicEndsOnlyItsCall(t *testing.T) {
 	if !strings.Contains(logs.String(), "a bug") {
 		t.Errorf("the panic was not logged: %q", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
