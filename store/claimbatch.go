@@ -62,39 +62,20 @@ func claimOne(ctx context.Context, q querier, a claimArg) (ClaimResult, error) {
 // claim is served again alone; a connection lost after the batch was sent
 // answers each call with the error, as a lone claim is answered.
 func claimMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[claimArg, ClaimResult]) error {
-	order := byID(calls, func(a claimArg) ID { return a.c.ID })
-	var batch pgx.Batch
-	batch.Queue(batchGiveWay)
-	for _, c := range order {
-		batch.Queue(claimUnlockedSQL, claimUnlockedArgs(c.arg.c)...)
-	}
-	results := conn.SendBatch(ctx, &batch)
-	err := func() error {
-		if _, err := results.Exec(); err != nil {
-			return err
-		}
-		for _, c := range order {
+	return writeBatch(ctx, conn, calls, writeBatchOps[claimArg, ClaimResult]{
+		op:   "claim reservation",
+		idOf: func(a claimArg) ID { return a.c.ID },
+		queue: func(b *pgx.Batch, a claimArg) {
+			b.Queue(claimUnlockedSQL, claimUnlockedArgs(a.c)...)
+		},
+		read: func(results pgx.BatchResults, c *pending[claimArg, ClaimResult]) error {
 			c.res, c.err = claimFrom(results.QueryRow(), c.arg.c)
-			if c.err != nil && !errors.Is(c.err, errOwnLive) && !errors.Is(c.err, errNotDecided) && !errors.Is(c.err, errNotRead) {
-				return c.err
+			if errors.Is(c.err, errOwnLive) || errors.Is(c.err, errNotDecided) || errors.Is(c.err, errNotRead) {
+				return nil // an outcome, not a failure
 			}
-		}
-		return nil
-	}()
-	err = errors.Join(err, results.Close())
-	if err != nil {
-		for _, c := range calls {
-			c.res, c.err = ClaimResult{}, nil
-		}
-		if unstored(err) {
-			return err // served again alone
-		}
-		for _, c := range calls {
-			c.err = classify("claim reservation", err)
-		}
-		return nil
-	}
-	return nil
+			return c.err
+		},
+	})
 }
 
 // settleClaim promises a grant to its caller, or, if the caller has left,

@@ -80,11 +80,45 @@ var putOps = &batchOps[putArg, struct{}]{
 // knowing whether it was stored: each gets the error, and none is run
 // again.
 func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, struct{}]) error {
-	order := byID(calls, func(a putArg) ID { return a.e.ID })
+	return writeBatch(ctx, conn, calls, writeBatchOps[putArg, struct{}]{
+		op:   "put entry",
+		idOf: func(a putArg) ID { return a.e.ID },
+		queue: func(b *pgx.Batch, a putArg) {
+			b.Queue(putSQL, putArgs(a.e, a.replace)...)
+		},
+		read: func(results pgx.BatchResults, c *pending[putArg, struct{}]) error {
+			tag, err := results.Exec()
+			if err == nil && tag.RowsAffected() == 0 {
+				c.err = ErrConflict
+			}
+			return err
+		},
+	})
+}
+
+// writeBatchOps are what a write batch (writeBatch) needs of one kind.
+type writeBatchOps[A, R any] struct {
+	op    string     // names the operation in errors
+	idOf  func(A) ID // the key whose row the call locks
+	queue func(*pgx.Batch, A)
+	// read sets c's answer from its statement's result; an error fails
+	// the whole batch.
+	read func(pgx.BatchResults, *pending[A, R]) error
+}
+
+// writeBatch sends one statement per call, in key order (byID), after
+// batchGiveWay, as one pipelined batch and one implicit transaction, and
+// reads each call's answer. If it fails, no call keeps an answer: a batch
+// that surely stored nothing (unstored) returns its error, and every call
+// is served again alone (coalescer.serve); one whose connection was lost
+// after it was sent answers every call with the error, as a lone call
+// would be answered, and none is run again.
+func writeBatch[A, R any](ctx context.Context, conn *pgxpool.Conn, calls []*pending[A, R], ops writeBatchOps[A, R]) error {
+	order := byID(calls, ops.idOf)
 	var batch pgx.Batch
 	batch.Queue(batchGiveWay)
 	for _, c := range order {
-		batch.Queue(putSQL, putArgs(c.arg.e, c.arg.replace)...)
+		ops.queue(&batch, c.arg)
 	}
 	results := conn.SendBatch(ctx, &batch)
 	err := func() error {
@@ -92,12 +126,8 @@ func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, s
 			return err
 		}
 		for _, c := range order {
-			tag, err := results.Exec()
-			if err != nil {
+			if err := ops.read(results, c); err != nil {
 				return err
-			}
-			if tag.RowsAffected() == 0 {
-				c.err = ErrConflict
 			}
 		}
 		return nil
@@ -106,14 +136,15 @@ func putMany(ctx context.Context, conn *pgxpool.Conn, calls []*pending[putArg, s
 	if err == nil {
 		return nil
 	}
+	var zero R
 	for _, c := range calls {
-		c.err = nil
+		c.res, c.err = zero, nil
 	}
 	if unstored(err) {
 		return err // served again alone
 	}
 	for _, c := range calls {
-		c.err = classify("put entry", err)
+		c.err = classify(ops.op, err)
 	}
 	return nil
 }
